@@ -1,0 +1,79 @@
+"""aftlib: propose-and-aggregate LLM inference and aggregation fine-tuning.
+
+Proposers draft answers, aggregators read the drafts and write a better one, layers stack into a
+:class:`Topology`, and the whole pipeline runs concurrently on shared engines with token streaming.
+
+Example:
+    >>> from aftlib import presets
+    >>> from aftlib.testing import FakeEngine
+    >>> topology = presets.aft(FakeEngine(), n=5, num_aggregation=2)
+    >>> topology.generations_per_query
+    11
+"""
+
+from __future__ import annotations
+
+from . import config, engines, presets, testing
+from ._agents import Agent, Aggregator, Proposer
+from ._errors import (
+    AftError,
+    ConfigError,
+    ContextLengthError,
+    EngineError,
+    EngineTimeoutError,
+    InputError,
+    RateLimitError,
+    TemplateError,
+)
+from ._results import (
+    AnswerDone,
+    Candidate,
+    CandidateDone,
+    Event,
+    LayerDone,
+    LayerResult,
+    Result,
+    TokenDelta,
+)
+from ._templates import PromptTemplate
+from ._topology import Layer, Topology
+from ._types import ChatRequest, Completion, Delta, Message, Sample, SamplingParams, Usage
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "AftError",
+    "Agent",
+    "Aggregator",
+    "AnswerDone",
+    "Candidate",
+    "CandidateDone",
+    "ChatRequest",
+    "Completion",
+    "ConfigError",
+    "ContextLengthError",
+    "Delta",
+    "EngineError",
+    "EngineTimeoutError",
+    "Event",
+    "InputError",
+    "Layer",
+    "LayerDone",
+    "LayerResult",
+    "Message",
+    "PromptTemplate",
+    "Proposer",
+    "RateLimitError",
+    "Result",
+    "Sample",
+    "SamplingParams",
+    "TemplateError",
+    "TokenDelta",
+    "Topology",
+    "Usage",
+    "__version__",
+    "config",
+    "engines",
+    "presets",
+    "testing",
+)

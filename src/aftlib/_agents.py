@@ -1,0 +1,144 @@
+"""Agents: an engine, a prompt template and sampling parameters."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
+from typing import ClassVar
+
+from attrs import define, field
+
+from ._errors import ConfigError
+from ._logging import get_logger
+from ._results import Candidate, CandidateDone, Event, TokenDelta
+from ._templates import PromptTemplate, as_template
+from ._types import ChatRequest, Completion, Delta, Message, SamplingParams
+from .engines._base import Engine
+
+__all__ = ("Agent", "Aggregator", "Emit", "Proposer", "emitter")
+
+Emit = Callable[[Event], Awaitable[None]]
+EventCallback = Callable[[Event], "Awaitable[object] | object"]
+
+
+def emitter(on_event: EventCallback | None) -> Emit:
+    """Wrap a sync or async callback (or None) into one coroutine function."""
+
+    async def emit(event: Event) -> None:
+        if on_event is not None:
+            outcome = on_event(event)
+            if inspect.isawaitable(outcome):
+                await outcome
+
+    return emit
+
+
+@define(eq=False)
+class Agent:
+    """An engine, a template and sampling parameters: one node of a topology.
+
+    Use :class:`Proposer` (drafts from the conversation alone) or :class:`Aggregator` (reads the previous
+    layer's candidates).
+
+    Attributes:
+        engine: The engine that generates. Many agents may share one.
+        sampling: How to sample; ``sampling.n`` samples come from one engine request.
+        template: The prompt template (a built-in name or a ``.j2`` path) that renders the system message.
+        name: The agent's name in results and events; unique within its layer.
+        lora: A LoRA adapter name, for engines that serve adapters.
+    """
+
+    reads_references: ClassVar[bool] = False
+
+    engine: Engine
+    sampling: SamplingParams = field(factory=SamplingParams, kw_only=True)
+    template: PromptTemplate = field(converter=as_template, kw_only=True)
+    name: str = field(kw_only=True)
+    lora: str | None = field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.engine, Engine):
+            raise ConfigError(
+                f"agent {self.name!r}: engine must be an aftlib Engine, got {type(self.engine).__name__}"
+            )
+        if not isinstance(self.sampling, SamplingParams):
+            raise ConfigError(
+                f"agent {self.name!r}: sampling must be aftlib.SamplingParams, "
+                f"got {type(self.sampling).__name__}"
+            )
+
+    def request(self, conversation: Sequence[Message], references: Sequence[str]) -> ChatRequest:
+        """The engine request this agent sends for ``conversation`` and ``references``."""
+        messages = self.template.messages(conversation, references if self.reads_references else ())
+        return ChatRequest(messages, self.sampling, self.lora)
+
+    async def run(
+        self,
+        conversation: Sequence[Message],
+        references: Sequence[str],
+        *,
+        layer: int,
+        emit: Emit,
+        is_answer: bool = False,
+    ) -> tuple[tuple[Candidate, ...], Completion]:
+        """Send one request and stream its samples as events.
+
+        Returns:
+            The candidates, in sample order, and the engine's completion.
+        """
+        log = get_logger(__name__, layer=layer, agent=self.name)
+        request = self.request(conversation, references)
+        log.debug("request", n=request.sampling.n, references=len(references))
+        completion: Completion | None = None
+        async with aclosing(self.engine.stream(request)) as stream:
+            async for item in stream:
+                if isinstance(item, Delta):
+                    if item.text:
+                        await emit(TokenDelta(layer, self.name, item.index, item.text, is_answer))
+                else:
+                    completion = item
+        if completion is None:
+            raise RuntimeError(f"engine {self.engine.name!r} ended a stream without a completion")
+        candidates = tuple(
+            Candidate(
+                layer,
+                self.name,
+                s.index,
+                s.text,
+                s.finish_reason,
+                completion.usage.prompt_tokens,
+                s.completion_tokens,
+            )
+            for s in sorted(completion.samples, key=lambda s: s.index)
+        )
+        for candidate in candidates:
+            await emit(CandidateDone(candidate))
+        log.debug(
+            "done",
+            prompt_tokens=completion.usage.prompt_tokens,
+            completion_tokens=completion.usage.completion_tokens,
+        )
+        return candidates, completion
+
+
+@define(eq=False)
+class Proposer(Agent):
+    """An agent that drafts from the conversation alone (the AFT proposal prompt by default)."""
+
+    template: PromptTemplate = field(
+        factory=lambda: PromptTemplate("aft_propose"), converter=as_template, kw_only=True
+    )
+    name: str = field(default="proposer", kw_only=True)
+
+
+@define(eq=False)
+class Aggregator(Agent):
+    """An agent that reads the previous layer's candidates (the AFT aggregation prompt by default)."""
+
+    reads_references: ClassVar[bool] = True
+
+    template: PromptTemplate = field(
+        factory=lambda: PromptTemplate("aft_aggregate"), converter=as_template, kw_only=True
+    )
+    name: str = field(default="aggregator", kw_only=True)

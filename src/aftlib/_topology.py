@@ -1,0 +1,231 @@
+"""Layers and topologies: how agents are wired into a propose-and-aggregate pipeline."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any
+
+import anyio
+from attrs import define, field, frozen
+
+from ._agents import Agent, Aggregator, Emit, EventCallback, emitter
+from ._errors import ConfigError
+from ._logging import get_logger
+from ._results import AnswerDone, Candidate, Event, LayerDone, LayerResult, Result
+from ._types import Completion, Message, Usage, as_conversation
+from ._util import unwrap_group
+from .engines._base import Engine
+
+__all__ = ("Layer", "Topology")
+
+
+def _agents(value: Iterable[Agent] | Agent) -> tuple[Agent, ...]:
+    return (value,) if isinstance(value, Agent) else tuple(value)
+
+
+def _check_agents(_: object, __: object, agents: tuple[Agent, ...]) -> None:
+    if not agents:
+        raise ConfigError("a layer needs at least one agent")
+    for agent in agents:
+        if not isinstance(agent, Agent):
+            raise ConfigError(f"a layer holds agents, got {type(agent).__name__}")
+    names = [a.name for a in agents]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"agent names in a layer must be unique, {', '.join(map(repr, duplicates))} repeats; "
+            "pass name=... to each agent"
+        )
+
+
+@frozen
+class Layer:
+    """Agents that run concurrently on the same input.
+
+    Args:
+        agents: The agents, or a single agent. Their candidates come out in agent order, then sample index.
+    """
+
+    agents: tuple[Agent, ...] = field(converter=_agents, validator=_check_agents)
+
+    async def run(
+        self,
+        conversation: Sequence[Message],
+        references: Sequence[str],
+        *,
+        index: int,
+        emit: Emit,
+    ) -> LayerResult:
+        """Run every agent at once and gather their candidates."""
+        start = time.perf_counter()
+        outcomes: list[tuple[tuple[Candidate, ...], Completion] | None] = [None] * len(self.agents)
+
+        async def run_agent(slot: int, agent: Agent) -> None:
+            outcomes[slot] = await agent.run(conversation, references, layer=index, emit=emit)
+
+        with unwrap_group():
+            async with anyio.create_task_group() as tg:
+                for slot, agent in enumerate(self.agents):
+                    tg.start_soon(run_agent, slot, agent)
+        done = [o for o in outcomes if o is not None]
+        return LayerResult(
+            index,
+            tuple(c for candidates, _ in done for c in candidates),
+            Usage.sum(completion.usage for _, completion in done),
+            time.perf_counter() - start,
+        )
+
+
+def _layers(value: Iterable[Layer | Agent | Iterable[Agent]]) -> tuple[Layer, ...]:
+    return tuple(v if isinstance(v, Layer) else Layer(v) for v in value)
+
+
+@define(eq=False)
+class Topology:
+    """A propose-and-aggregate pipeline: layers of agents, then one final agent that answers.
+
+    Layer 0 drafts from the conversation; each later layer's aggregators read the candidates of the layer
+    before; the final agent (usually an :class:`Aggregator` with ``n=1``) reads the last layer and gives
+    the answer. ``async with topology:`` starts every distinct engine once and closes them on exit; if
+    the engines are already started, just call :meth:`run`.
+
+    Args:
+        layers: The layers before the final agent (a layer may be given as a list of agents).
+        final: The agent whose single sample is the answer.
+
+    Raises:
+        ConfigError: The first layer holds an aggregator, the final agent is an aggregator with no layer
+            before it, or the final agent samples more than once.
+    """
+
+    layers: tuple[Layer, ...] = field(converter=_layers)
+    final: Agent
+    _stack: AsyncExitStack | None = field(default=None, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.final, Agent):
+            raise ConfigError(f"final must be an agent, got {type(self.final).__name__}")
+        if self.layers:
+            for agent in self.layers[0].agents:
+                if isinstance(agent, Aggregator):
+                    raise ConfigError(
+                        f"agent {agent.name!r} is an aggregator in the first layer; "
+                        "it has no candidates to read"
+                    )
+        elif isinstance(self.final, Aggregator):
+            raise ConfigError("the final aggregator has no layer before it to read")
+        if self.final.sampling.n != 1:
+            raise ConfigError(
+                f"the final agent samples once; got n={self.final.sampling.n}",
+                path="final.sampling.n",
+            )
+
+    @property
+    def agents(self) -> tuple[Agent, ...]:
+        """Every agent, layer by layer, the final one last."""
+        return (*(a for layer in self.layers for a in layer.agents), self.final)
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """The distinct engines the agents use, in first-use order."""
+        seen: dict[int, Engine] = {}
+        for agent in self.agents:
+            seen.setdefault(id(agent.engine), agent.engine)
+        return tuple(seen.values())
+
+    @property
+    def generations_per_query(self) -> int:
+        """How many samples one run generates."""
+        return sum(a.sampling.n for a in self.agents)
+
+    async def __aenter__(self) -> Topology:
+        async with AsyncExitStack() as stack:
+            for engine in self.engines:
+                await stack.enter_async_context(engine)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def run(
+        self,
+        conversation: Sequence[Mapping[str, Any]] | str,
+        *,
+        on_event: EventCallback | None = None,
+    ) -> Result:
+        """Run the pipeline on one conversation.
+
+        Args:
+            conversation: ``[{"role": ..., "content": ...}, ...]`` ending with a user turn, or a string
+                for a single user turn.
+            on_event: Called (and awaited, if it returns an awaitable) with every :class:`Event`, in order.
+
+        Returns:
+            The answer with every layer's candidates and the tokens used.
+
+        Raises:
+            InputError: The conversation is malformed.
+            EngineError: An engine failed.
+        """
+        messages = as_conversation(conversation)
+        return await self._run(messages, emitter(on_event))
+
+    async def _run(self, conversation: tuple[Message, ...], emit: Emit) -> Result:
+        start = time.perf_counter()
+        log = get_logger(__name__, layers=len(self.layers))
+        layers: list[LayerResult] = []
+        references: list[str] = []
+        for index, layer in enumerate(self.layers):
+            done = await layer.run(conversation, references, index=index, emit=emit)
+            layers.append(done)
+            references = done.texts
+            log.debug("layer done", layer=index, candidates=len(done.candidates))
+            await emit(LayerDone(done))
+        (answer,), completion = await self.final.run(
+            conversation, references, layer=len(self.layers), emit=emit, is_answer=True
+        )
+        result = Result(
+            answer,
+            tuple(layers),
+            Usage.sum([*(layer.usage for layer in layers), completion.usage]),
+            time.perf_counter() - start,
+        )
+        await emit(AnswerDone(result))
+        return result
+
+    async def stream(self, conversation: Sequence[Mapping[str, Any]] | str) -> AsyncGenerator[Event, None]:
+        """Run the pipeline and yield its events as they happen; the last one is :class:`AnswerDone`.
+
+        To stop early, close the iterator (``async with contextlib.aclosing(topology.stream(...))``):
+        that cancels the run and aborts its requests in the engines.
+
+        Raises:
+            InputError: The conversation is malformed (raised before anything runs).
+        """
+        messages = as_conversation(conversation)
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+
+        async def produce() -> None:
+            async with send:
+                await self._run(messages, send.send)
+
+        with unwrap_group():
+            async with anyio.create_task_group() as tg, receive:
+                tg.start_soon(produce)
+                try:
+                    async for event in receive:
+                        yield event
+                finally:
+                    tg.cancel_scope.cancel()

@@ -1,0 +1,252 @@
+"""Typed values that flow between agents and engines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Literal
+
+import attrs
+from attrs import field, frozen
+
+from ._errors import ConfigError, InputError
+
+__all__ = (
+    "ChatRequest",
+    "Completion",
+    "Delta",
+    "Message",
+    "Role",
+    "Sample",
+    "SamplingParams",
+    "Usage",
+    "as_conversation",
+)
+
+Role = Literal["system", "user", "assistant"]
+_ROLES: frozenset[str] = frozenset(("system", "user", "assistant"))
+
+
+@frozen(eq=False)
+class Message(Mapping[str, str]):
+    """One chat turn.
+
+    A ``Message`` is also a read-only mapping with the keys ``"role"`` and ``"content"``, so it compares
+    equal to the ``{"role": ..., "content": ...}`` dict it stands for and converts with ``dict(message)``.
+    """
+
+    role: Role
+    content: str
+
+    def __getitem__(self, key: str) -> str:
+        if key == "role":
+            return self.role
+        if key == "content":
+            return self.content
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("role", "content"))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.role, self.content))
+
+    def __repr__(self) -> str:
+        return f"Message(role={self.role!r}, content={self.content!r})"
+
+
+def as_conversation(conversation: Iterable[Mapping[str, Any]] | str) -> tuple[Message, ...]:
+    """Check a conversation and turn it into messages.
+
+    Args:
+        conversation: A sequence of ``{"role", "content"}`` mappings (or :class:`Message`), or a single
+            string that stands for one user turn.
+
+    Returns:
+        The conversation as a tuple of messages.
+
+    Raises:
+        InputError: The conversation is empty, a turn is malformed, a role is unknown, a system turn is not
+            first, or the conversation does not end with a user turn.
+    """
+    if isinstance(conversation, str):
+        conversation = [{"role": "user", "content": conversation}]
+    if isinstance(conversation, Mapping) or not isinstance(conversation, Iterable):
+        raise InputError(
+            f"a conversation is a list of {{'role', 'content'}} turns, got {type(conversation).__name__}"
+        )
+    messages: list[Message] = []
+    for i, turn in enumerate(conversation):
+        where = f"conversation[{i}]"
+        if not isinstance(turn, Mapping):
+            raise InputError(f"a turn is a mapping, got {type(turn).__name__}", where=where)
+        role, content = turn.get("role"), turn.get("content")
+        if role not in _ROLES:
+            raise InputError(
+                f"unknown role {role!r}; expected one of system, user, assistant",
+                where=f"{where}.role",
+            )
+        if not isinstance(content, str):
+            raise InputError(
+                f"content must be a string, got {type(content).__name__}", where=f"{where}.content"
+            )
+        if role == "system" and i != 0:
+            raise InputError("a system turn may only come first", where=where)
+        messages.append(Message(role, content))
+    if not messages or messages[-1].role == "system":
+        raise InputError("the conversation has no user turn")
+    if messages[-1].role != "user":
+        raise InputError(
+            f"the conversation must end with a user turn, it ends with {messages[-1].role!r}",
+            where=f"conversation[{len(messages) - 1}]",
+        )
+    return tuple(messages)
+
+
+def _check_positive(name: str) -> Any:
+    def check(_: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and value < 1:
+            raise ConfigError(f"{attribute.name} must be at least 1, got {value}", path=name)
+
+    return check
+
+
+def _check_temperature(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"temperature must be >= 0, got {value}", path="temperature")
+
+
+def _check_top_p(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0 < value <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {value}", path="top_p")
+
+
+def _stop_tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+@frozen
+class SamplingParams:
+    """How one agent samples.
+
+    Attributes:
+        temperature: Sampling temperature; 0 is greedy.
+        top_p: Nucleus sampling mass, in (0, 1].
+        max_tokens: The most tokens to generate per sample.
+        n: Samples drawn per request (all from one prompt, in one engine request).
+        seed: Per-request seed, or None for the engine's own randomness.
+        stop: Strings that end a sample (the tokenizer's EOS always does).
+    """
+
+    temperature: float = field(default=0.7, converter=float, validator=_check_temperature)
+    top_p: float = field(default=1.0, converter=float, validator=_check_top_p)
+    max_tokens: int = field(default=1024, validator=_check_positive("max_tokens"))
+    n: int = field(default=1, validator=_check_positive("n"))
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default=(), converter=_stop_tuple)
+
+
+def _message_list(messages: Iterable[Message]) -> list[Message]:
+    return list(messages)
+
+
+@frozen
+class ChatRequest:
+    """One generation request to an engine: a chat and how to sample it.
+
+    Attributes:
+        messages: The chat, as :class:`Message` turns (each also a ``{"role", "content"}`` mapping).
+        sampling: How to sample, including the number of samples ``n``.
+        lora: The name of a LoRA adapter to apply, for engines that serve adapters.
+    """
+
+    messages: list[Message] = field(converter=_message_list)
+    sampling: SamplingParams = field(factory=SamplingParams)
+    lora: str | None = None
+
+
+@frozen
+class Usage:
+    """Token counts of one or more requests.
+
+    Attributes:
+        prompt_tokens: Prompt tokens, counted once per request.
+        completion_tokens: Generated tokens over all samples.
+        cached_tokens: Prompt tokens served from the engine's prefix cache.
+        requests: How many engine requests these counts add up.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    requests: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt and completion tokens together."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.requests + other.requests,
+        )
+
+    @staticmethod
+    def sum(usages: Iterable[Usage]) -> Usage:
+        """Add up several usages."""
+        total = Usage()
+        for usage in usages:
+            total = total + usage
+        return total
+
+
+@frozen
+class Sample:
+    """One finished sample of a request.
+
+    Attributes:
+        index: Its position among the request's ``n`` samples.
+        text: The generated text.
+        finish_reason: Why it ended: ``"stop"`` (EOS or a stop string), ``"length"`` (max_tokens) or
+            another engine-specific reason.
+        completion_tokens: Tokens generated for it.
+    """
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+
+
+def _sample_tuple(samples: Iterable[Sample]) -> tuple[Sample, ...]:
+    return tuple(samples)
+
+
+@frozen
+class Completion:
+    """The answer to one :class:`ChatRequest`: its samples, in index order, and its usage."""
+
+    samples: tuple[Sample, ...] = field(converter=_sample_tuple)
+    usage: Usage = field(factory=Usage)
+
+
+@frozen
+class Delta:
+    """A piece of text streamed for one sample of a request."""
+
+    index: int
+    text: str

@@ -1,0 +1,84 @@
+"""The engine base class."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from types import TracebackType
+
+import anyio.abc
+from attrs import define, field
+
+from .._types import ChatRequest, Completion, Delta
+
+__all__ = ("Engine", "StreamItem", "collect")
+
+StreamItem = Delta | Completion
+"""What :meth:`Engine.stream` yields: text deltas, then exactly one :class:`Completion`."""
+
+
+@define(eq=False)
+class Engine(anyio.abc.AsyncResource):
+    """Something that answers :class:`~aftlib.ChatRequest` objects.
+
+    Subclasses implement :meth:`generate`; streaming engines also override :meth:`stream`, which
+    otherwise falls back to ``generate`` and yields each sample's whole text as one delta. Engines are
+    async context managers: ``async with engine:`` starts it and closes it. Entering is counted, so
+    many topologies can share one engine and the last one out closes it.
+
+    Attributes:
+        name: A label for logs and results.
+    """
+
+    name: str = field(default="engine", kw_only=True)
+    _entered: int = field(default=0, init=False, repr=False)
+
+    @abc.abstractmethod
+    async def generate(self, request: ChatRequest) -> Completion:
+        """Generate ``request.sampling.n`` samples for ``request``."""
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
+        """Generate ``request`` and yield text deltas as they come, then the :class:`Completion`.
+
+        Deltas of the ``n`` samples may interleave; each carries its sample index. Closing the iterator
+        early (or cancelling its consumer) aborts the request.
+        """
+        completion = await self.generate(request)
+        for sample in completion.samples:
+            yield Delta(sample.index, sample.text)
+        yield completion
+
+    async def start(self) -> None:
+        """Acquire what the engine needs (load a model, open a connection). Called once."""
+
+    async def aclose(self) -> None:
+        """Release everything :meth:`start` acquired."""
+
+    async def __aenter__(self) -> Engine:
+        if self._entered == 0:
+            await self.start()
+        self._entered += 1
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        self._entered -= 1
+        if self._entered == 0:
+            await self.aclose()
+
+
+async def collect(stream: AsyncGenerator[StreamItem, None]) -> Completion:
+    """Drain an engine stream and return its completion."""
+    completion: Completion | None = None
+    async with aclosing(stream):
+        async for item in stream:
+            if isinstance(item, Completion):
+                completion = item
+    if completion is None:
+        raise RuntimeError("the engine stream ended without a completion")
+    return completion

@@ -1,0 +1,177 @@
+"""An engine on vLLM's in-process asynchronous engine (``AsyncLLM``)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import Any
+
+import anyio.to_thread
+from attrs import define, field
+
+from .._errors import ConfigError, ContextLengthError, EngineError
+from .._logging import get_logger
+from .._types import ChatRequest, Completion, Delta, Sample, Usage
+from ._base import Engine, StreamItem, collect
+
+__all__ = ("VLLMEngine",)
+
+_INSTALL_HINT = (
+    "VLLMEngine needs vLLM: pip install 'aftlib[vllm]' on a machine with a GPU, "
+    "or 'aftlib[cpu]' for the CPU build"
+)
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+        import vllm.v1.engine.async_llm
+    except ImportError as exc:
+        raise ImportError(_INSTALL_HINT) from exc
+    return vllm
+
+
+@define(eq=False, init=False)
+class VLLMEngine(Engine):
+    """A model served in this process by vLLM's ``AsyncLLM``.
+
+    The chat template of the model renders each request once; the prompt goes to vLLM as token ids (so
+    the BOS token is never doubled). The ``n`` samples of a request share one prefill in one engine
+    request. Generation stops at the tokenizer's EOS token, as well as at the model's own stop tokens.
+    Closing a stream early, or cancelling its consumer, aborts the request inside the engine.
+
+    Args:
+        model: A model folder or hub name (already on this machine: nothing is downloaded).
+        name: A label for logs and results; the model by default.
+        **engine_args: Passed to vLLM's ``AsyncEngineArgs`` unchanged: ``dtype``, ``max_model_len``,
+            ``gpu_memory_utilization``, ``kv_cache_memory_bytes``, ``tensor_parallel_size``, ``seed``,
+            ``enforce_eager``, ``enable_lora``, ...
+
+    Example:
+        >>> async with VLLMEngine(model="path/to/model", max_model_len=4096) as engine:  # doctest: +SKIP
+        ...     completion = await engine.generate(request)
+    """
+
+    model: str
+    engine_args: dict[str, Any]
+    _llm: Any = field(default=None, repr=False)
+    _tokenizer: Any = field(default=None, repr=False)
+    _max_model_len: int = field(default=0, repr=False)
+
+    def __init__(self, model: str, *, name: str | None = None, **engine_args: Any) -> None:
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"model must be a non-empty string, got {model!r}", path="model")
+        self.__attrs_init__(model=model, engine_args=engine_args, name=name or model)
+
+    @property
+    def llm(self) -> Any:
+        """The underlying ``vllm.v1.engine.async_llm.AsyncLLM`` (after start)."""
+        if self._llm is None:
+            raise EngineError(f"engine {self.name!r} is not started: use 'async with engine:'")
+        return self._llm
+
+    @property
+    def max_model_len(self) -> int:
+        """The model's context length in tokens (after start)."""
+        return self._max_model_len
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (after start)."""
+        if self._tokenizer is None:
+            raise EngineError(f"engine {self.name!r} is not started: use 'async with engine:'")
+        return self._tokenizer
+
+    async def start(self) -> None:
+        """Load the model into a new ``AsyncLLM``; runs in a worker thread so the event loop stays free."""
+        vllm = _import_vllm()
+        try:
+            args = vllm.AsyncEngineArgs(model=self.model, **self.engine_args)
+        except TypeError as exc:
+            raise ConfigError(f"engine {self.name!r}: bad engine argument: {exc}") from None
+        log = get_logger(__name__, engine=self.name)
+        log.info("starting vLLM engine", model=self.model)
+        try:
+            llm = await anyio.to_thread.run_sync(vllm.v1.engine.async_llm.AsyncLLM.from_engine_args, args)
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"engine {self.name!r} failed to load {self.model!r}: {exc}") from exc
+        self._llm = llm
+        self._tokenizer = llm.get_tokenizer()
+        self._max_model_len = int(llm.model_config.max_model_len)
+        if getattr(self._tokenizer, "chat_template", None) is None:
+            await self.aclose()
+            raise ConfigError(f"model {self.model!r} has no chat template in its tokenizer")
+        log.info("vLLM engine ready", max_model_len=self._max_model_len)
+
+    async def aclose(self) -> None:
+        """Shut the engine down and free its memory."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+
+    def prompt_token_ids(self, request: ChatRequest) -> list[int]:
+        """Render ``request.messages`` with the model's chat template and tokenize it."""
+        text = self.tokenizer.apply_chat_template(
+            [dict(m) for m in request.messages], tokenize=False, add_generation_prompt=True
+        )
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
+
+    def _sampling_params(self, request: ChatRequest, prompt_len: int) -> Any:
+        vllm = _import_vllm()
+        room = self._max_model_len - prompt_len
+        if room < 1:
+            raise ContextLengthError(
+                f"engine {self.name!r}: the prompt has {prompt_len} tokens, "
+                f"the model's context is {self._max_model_len}"
+            )
+        s = request.sampling
+        eos = self.tokenizer.eos_token_id
+        return vllm.SamplingParams(
+            n=s.n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=min(s.max_tokens, room),
+            seed=s.seed,
+            stop=list(s.stop) or None,
+            stop_token_ids=[eos] if eos is not None else None,
+            output_kind=vllm.sampling_params.RequestOutputKind.DELTA,
+        )
+
+    def _lora_request(self, name: str | None) -> Any:
+        if name is None:
+            return None
+        raise ConfigError(f"engine {self.name!r} serves no LoRA adapters; request asked for {name!r}")
+
+    async def generate(self, request: ChatRequest) -> Completion:
+        """Generate ``request.sampling.n`` samples in one engine request."""
+        return await collect(self.stream(request))
+
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
+        """Generate and yield text deltas as vLLM produces them, then the completion."""
+        llm = self.llm
+        prompt_ids = self.prompt_token_ids(request)
+        params = self._sampling_params(request, len(prompt_ids))
+        lora = self._lora_request(request.lora)
+        request_id = uuid.uuid4().hex
+        texts: dict[int, list[str]] = {i: [] for i in range(request.sampling.n)}
+        tokens = dict.fromkeys(texts, 0)
+        reasons: dict[int, str | None] = dict.fromkeys(texts)
+        cached = 0
+        outputs = llm.generate({"prompt_token_ids": prompt_ids}, params, request_id, lora_request=lora)
+        try:
+            async with aclosing(outputs):
+                async for output in outputs:
+                    cached = output.num_cached_tokens or cached
+                    for sample in output.outputs:
+                        tokens[sample.index] += len(sample.token_ids)
+                        if sample.finish_reason is not None:
+                            reasons[sample.index] = sample.finish_reason
+                        if sample.text:
+                            texts[sample.index].append(sample.text)
+                            yield Delta(sample.index, sample.text)
+        except Exception as exc:
+            raise EngineError(f"engine {self.name!r} failed: {exc!r}") from exc
+        samples = tuple(Sample(i, "".join(texts[i]), reasons[i], tokens[i]) for i in sorted(texts))
+        yield Completion(samples, Usage(len(prompt_ids), sum(tokens.values()), cached, 1))

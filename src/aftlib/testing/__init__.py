@@ -1,0 +1,8 @@
+"""Helpers for testing code built on aftlib: a scripted engine and a tiny model that vLLM runs on CPU."""
+
+from __future__ import annotations
+
+from ._fake import FakeEngine, Handler
+from ._tiny import build_tiny_model, tiny_model_path
+
+__all__ = ("FakeEngine", "Handler", "build_tiny_model", "tiny_model_path")
