@@ -61,7 +61,7 @@ class LayerResult:
     index: int
     candidates: tuple[Candidate, ...] = field(converter=_candidates)
     usage: Usage = field(factory=Usage)
-    elapsed: float = 0.0
+    elapsed: float = field(default=0.0, eq=False)
 
     @property
     def texts(self) -> list[str]:
@@ -88,7 +88,7 @@ class Result:
     answer: Candidate
     layers: tuple[LayerResult, ...] = field(converter=_layer_results)
     usage: Usage = field(factory=Usage)
-    elapsed: float = 0.0
+    elapsed: float = field(default=0.0, eq=False)
 
     @property
     def text(self) -> str:

@@ -24,5 +24,5 @@ def unwrap_group() -> Iterator[None]:
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
         if len(leaves) == 1:
-            raise leaves[0] from None
+            raise leaves[0] from leaves[0].__cause__
         raise

@@ -109,6 +109,9 @@ class VLLMEngine(Engine):
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.shutdown()
+            # AsyncLLM.__del__ shuts down a second time, which fails noisily once the interpreter is
+            # exiting; the engine is already down, so make that second call a no-op.
+            llm.shutdown = lambda *args, **kwargs: None
 
     def prompt_token_ids(self, request: ChatRequest) -> list[int]:
         """Render ``request.messages`` with the model's chat template and tokenize it."""

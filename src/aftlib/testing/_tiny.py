@@ -28,6 +28,7 @@ _IMPORT_HINT = "build_tiny_model needs torch, transformers and tokenizers: pip i
 _BOS = "<|begin_of_text|>"
 _EOS = "<|eot_id|>"
 _SPECIAL_TOKENS = (_BOS, _EOS, "<|start_header_id|>", "<|end_header_id|>")
+_MIN_VOCAB_SIZE = 256 + len(_SPECIAL_TOKENS)
 _HEAD_DIM = 64
 
 _CHAT_TEMPLATE = (
@@ -129,11 +130,6 @@ def _write_model(
     torch, transformers, tokenizers = _require_heavy_modules()
 
     raw_tokenizer = _train_tokenizer(tokenizers, vocab_size)
-    if raw_tokenizer.get_vocab_size() != vocab_size:
-        raise ValueError(
-            f"vocab_size={vocab_size} is too small for the {len(_SPECIAL_TOKENS)} special tokens "
-            "and 256 byte tokens of the tokenizer"
-        )
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=raw_tokenizer,
         bos_token=_BOS,
@@ -230,6 +226,11 @@ def build_tiny_model(
         return target
     if hidden_size <= 0 or hidden_size % _HEAD_DIM != 0:
         raise ValueError(f"hidden_size must be a positive multiple of {_HEAD_DIM}, got {hidden_size}")
+    if vocab_size < _MIN_VOCAB_SIZE:
+        raise ValueError(
+            f"vocab_size must be at least {_MIN_VOCAB_SIZE} (256 bytes and "
+            f"{len(_SPECIAL_TOKENS)} special tokens), got {vocab_size}"
+        )
     if num_layers <= 0:
         raise ValueError(f"num_layers must be positive, got {num_layers}")
     if max_position_embeddings <= 0:

@@ -1,0 +1,43 @@
+"""The public face of the package."""
+
+from __future__ import annotations
+
+import types
+
+import aftlib
+import aftlib.engines
+import aftlib.testing
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    """Every name in __all__ exists, and every public attribute is listed in __all__."""
+    for module in (aftlib, aftlib.engines, aftlib.testing):
+        assert isinstance(module.__all__, tuple)
+        for name in module.__all__:
+            assert hasattr(module, name), f"{module.__name__}.{name} is listed but missing"
+        public = {
+            name
+            for name, value in vars(module).items()
+            if not name.startswith("_")
+            and name != "annotations"
+            and not (isinstance(value, types.ModuleType) and not value.__name__.startswith(module.__name__))
+        }
+        hidden = {n for n in public if isinstance(getattr(module, n), types.ModuleType) and n.startswith("_")}
+        assert public - hidden - set(module.__all__) == set(), module.__name__
+
+
+def test_the_names_examples_rely_on() -> None:
+    """The names the README and examples use are importable where documented."""
+    from aftlib import Aggregator, Layer, Proposer, SamplingParams, Topology, config, presets  # noqa: F401
+    from aftlib.engines import VLLMEngine  # noqa: F401
+    from aftlib.testing import FakeEngine, build_tiny_model  # noqa: F401
+
+    assert callable(presets.aft)
+    assert callable(config.load)
+
+
+def test_errors_share_one_root() -> None:
+    """Every aftlib error class derives from AftError."""
+    errors = [v for v in vars(aftlib).values() if isinstance(v, type) and issubclass(v, Exception)]
+    assert len(errors) >= 8
+    assert all(issubclass(e, aftlib.AftError) for e in errors)

@@ -1,0 +1,133 @@
+"""The core on the real vLLM engine (CPU build) with the tiny model, started once per session."""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+import pytest
+
+from aftlib import (
+    AnswerDone,
+    ChatRequest,
+    ContextLengthError,
+    Event,
+    Message,
+    SamplingParams,
+    TokenDelta,
+    presets,
+)
+from aftlib.engines import VLLMEngine
+
+from .conftest import TWO_TURNS, reference_aggregation_system
+
+pytestmark = [pytest.mark.anyio, pytest.mark.vllm]
+
+
+def record_prompts(
+    engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> list[tuple[ChatRequest, list[int]]]:
+    """Record each request the engine tokenizes, with the token ids it sends to vLLM."""
+    seen: list[tuple[ChatRequest, list[int]]] = []
+    original = VLLMEngine.prompt_token_ids
+
+    def spy(self: VLLMEngine, request: ChatRequest) -> list[int]:
+        ids = original(self, request)
+        if self is engine:
+            seen.append((request, ids))
+        return ids
+
+    monkeypatch.setattr(VLLMEngine, "prompt_token_ids", spy)
+    return seen
+
+
+async def test_aft_end_to_end_on_a_two_turn_conversation(
+    vllm_engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AFT (n=5, num_aggregation=2) on vLLM: 11 samples in 3 requests, streamed answer == result.text."""
+    seen = record_prompts(vllm_engine, monkeypatch)
+    events: list[Event] = []
+    topology = presets.aft(vllm_engine, n=5, num_aggregation=2, max_tokens=24, seed=1)
+    result = await topology.run(TWO_TURNS, on_event=events.append)
+
+    assert [len(layer.candidates) for layer in result.layers] == [5, 5]
+    assert result.usage.requests == 3
+    candidates = [*result.layers[0].candidates, *result.layers[1].candidates, result.answer]
+    assert len(candidates) == 11
+    assert all(c.finish_reason in {"stop", "length"} for c in candidates)
+    assert all(0 < c.completion_tokens <= 24 for c in candidates)
+    assert result.usage.completion_tokens == sum(c.completion_tokens for c in candidates)
+    assert len(set(result.layers[0].texts)) > 1, "the five proposals should differ"
+
+    answer = "".join(e.text for e in events if isinstance(e, TokenDelta) and e.is_answer)
+    assert answer == result.text
+    assert isinstance(events[-1], AnswerDone)
+
+    # Byte parity: the aggregation requests carry the reference system message over the previous texts,
+    # and what reaches vLLM is exactly the chat template's rendering of those messages, BOS once.
+    assert len(seen) == 3
+    tokenizer = vllm_engine.tokenizer
+    for (request, ids), previous in zip(seen[1:], result.layers, strict=True):
+        expected = [{"role": "system", "content": reference_aggregation_system(previous.texts)}, *TWO_TURNS]
+        assert request.messages == expected
+        rendered = tokenizer.apply_chat_template(expected, tokenize=False, add_generation_prompt=True)
+        assert tokenizer.decode(ids) == rendered
+        assert ids.count(tokenizer.bos_token_id) == 1
+    assert result.usage.prompt_tokens == sum(len(ids) for _, ids in seen)
+
+
+async def test_n_samples_share_one_engine_request(vllm_engine: VLLMEngine) -> None:
+    """An agent's n samples come from one vLLM request: one prompt, n indexed samples."""
+    request = ChatRequest([Message("user", "hello")], SamplingParams(n=4, max_tokens=8, seed=3))
+    completion = await vllm_engine.generate(request)
+    assert [s.index for s in completion.samples] == [0, 1, 2, 3]
+    assert completion.usage.requests == 1
+    assert completion.usage.completion_tokens == sum(s.completion_tokens for s in completion.samples)
+
+
+async def test_seeded_requests_repeat(vllm_engine: VLLMEngine) -> None:
+    """The same per-request seed gives the same samples."""
+    request = ChatRequest([Message("user", "hello")], SamplingParams(n=2, max_tokens=12, seed=11))
+    first = await vllm_engine.generate(request)
+    second = await vllm_engine.generate(request)
+    assert [s.text for s in first.samples] == [s.text for s in second.samples]
+
+
+async def test_cancelling_a_run_leaves_no_request_in_the_engine(vllm_engine: VLLMEngine) -> None:
+    """Cancel mid-generation: every request is aborted inside vLLM, none is left unfinished."""
+    topology = presets.aft(vllm_engine, n=3, num_aggregation=2, max_tokens=1500)
+    deltas = 0
+
+    def on_event(event: Any) -> None:
+        nonlocal deltas
+        if isinstance(event, TokenDelta):
+            deltas += 1
+            if deltas == 20:
+                scope.cancel()
+
+    with anyio.CancelScope() as scope:
+        await topology.run(TWO_TURNS, on_event=on_event)
+    assert scope.cancelled_caught
+    assert deltas >= 20
+    assert vllm_engine.llm.get_num_unfinished_requests() == 0
+
+
+async def test_closing_a_stream_aborts_the_request(vllm_engine: VLLMEngine) -> None:
+    """Leaving topology.stream() early aborts the generation in the engine."""
+    topology = presets.aft(vllm_engine, n=2, max_tokens=1500)
+    async with aclosing(topology.stream("Tell me a story.")) as events:
+        async for event in events:
+            if isinstance(event, TokenDelta):
+                break
+    assert vllm_engine.llm.get_num_unfinished_requests() == 0
+
+
+async def test_max_tokens_is_lowered_to_fit_the_context(vllm_engine: VLLMEngine) -> None:
+    """max_tokens beyond the context is cut to what fits; a prompt that cannot fit is a ContextLengthError."""
+    request = ChatRequest([Message("user", "hi")], SamplingParams(max_tokens=10_000, seed=0, stop=["e"]))
+    completion = await vllm_engine.generate(request)
+    assert completion.samples[0].completion_tokens < vllm_engine.max_model_len
+    huge = ChatRequest([Message("user", "word " * 5000)], SamplingParams(max_tokens=4))
+    with pytest.raises(ContextLengthError, match="context is 2048"):
+        await vllm_engine.generate(huge)
