@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -21,6 +22,16 @@ _INSTALL_HINT = (
     "VLLMEngine needs vLLM: pip install 'aftlib[vllm]' on a machine with a GPU, "
     "or 'aftlib[cpu]' for the CPU build"
 )
+
+
+CPU_KV_CACHE_BYTES = 1 << 30
+"""The KV cache a CPU engine gets when none is configured (vLLM would otherwise claim most of memory)."""
+
+
+def _cpu_needs_kv_cache_size(vllm: Any, engine_args: dict[str, Any]) -> bool:
+    if "kv_cache_memory_bytes" in engine_args or os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return False
+    return bool(vllm.platforms.current_platform.is_cpu())
 
 
 def _import_vllm() -> Any:
@@ -46,7 +57,8 @@ class VLLMEngine(Engine):
         name: A label for logs and results; the model by default.
         **engine_args: Passed to vLLM's ``AsyncEngineArgs`` unchanged: ``dtype``, ``max_model_len``,
             ``gpu_memory_utilization``, ``kv_cache_memory_bytes``, ``tensor_parallel_size``, ``seed``,
-            ``enforce_eager``, ``enable_lora``, ...
+            ``enforce_eager``, ``enable_lora``, ... On a machine without a GPU, when neither
+            ``kv_cache_memory_bytes`` nor ``VLLM_CPU_KVCACHE_SPACE`` is set, the KV cache is 1 GiB.
 
     Example:
         >>> async with VLLMEngine(model="path/to/model", max_model_len=4096) as engine:  # doctest: +SKIP
@@ -86,8 +98,11 @@ class VLLMEngine(Engine):
     async def start(self) -> None:
         """Load the model into a new ``AsyncLLM``; runs in a worker thread so the event loop stays free."""
         vllm = _import_vllm()
+        engine_args = dict(self.engine_args)
+        if _cpu_needs_kv_cache_size(vllm, engine_args):
+            engine_args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         try:
-            args = vllm.AsyncEngineArgs(model=self.model, **self.engine_args)
+            args = vllm.AsyncEngineArgs(model=self.model, **engine_args)
         except TypeError as exc:
             raise ConfigError(f"engine {self.name!r}: bad engine argument: {exc}") from None
         log = get_logger(__name__, engine=self.name)

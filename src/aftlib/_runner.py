@@ -1,0 +1,418 @@
+"""The dataset runner: push every record of a file through a topology, pipelined, resumably.
+
+Records are pipelined: each one runs its own layers as soon as they can, never waiting for other
+records, and at most ``concurrency`` records are in flight. The input is streamed. Each finished record
+is appended to the output as one JSON line and flushed at once, so a crash loses at most the records in
+flight; rerunning the same command skips the records already done, repairs a torn last line, and retries
+records that failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+from attrs import define, field, frozen
+
+from ._errors import AftError, ConfigError, InputError
+from ._logging import get_logger
+from ._records import BadLine, Record, read_records
+from ._results import Result
+from ._topology import Topology
+from ._types import Message, Usage
+
+__all__ = ("FORMATS", "Progress", "RunSummary", "Runner", "progress_path")
+
+Format = Literal["jsonl", "aft", "alpaca_eval", "mt_bench"]
+FORMATS: tuple[str, ...] = ("jsonl", "aft", "alpaca_eval", "mt_bench")
+_ADDED = ("id", "status", "response", "responses", "error", "usage", "timings", "trace")
+
+
+@frozen
+class RunSummary:
+    """What a run did.
+
+    Attributes:
+        records: Records read from the input (bad lines included).
+        done: Records answered in this run.
+        resumed: Records skipped because the output already had them.
+        failed: Records that failed at run time (written as error records).
+        bad: Input lines that were not usable records (written to the errors file).
+        usage: Tokens used in this run.
+        elapsed: Wall-clock seconds.
+        output: The output file, if any.
+        errors: The errors file, if any bad line was found.
+    """
+
+    records: int
+    done: int
+    resumed: int
+    failed: int
+    bad: int
+    usage: Usage
+    elapsed: float
+    output: Path | None
+    errors: Path | None
+
+    @property
+    def ok(self) -> bool:
+        """True when every record has an answer."""
+        return not (self.failed or self.bad)
+
+
+@define
+class Progress:
+    """Live counters of a run, for a progress display."""
+
+    total: int | None = None
+    done: int = 0
+    failed: int = 0
+    resumed: int = 0
+    completion_tokens: int = 0
+    started: float = field(factory=time.monotonic)
+
+    @property
+    def finished(self) -> int:
+        """Records finished in any way."""
+        return self.done + self.failed + self.resumed
+
+    def line(self) -> str:
+        """One line: records done of total, generated tokens per second, time left."""
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.completion_tokens / elapsed
+        total = "?" if self.total is None else str(self.total)
+        text = f"records {self.finished}/{total}"
+        if self.failed:
+            text += f" ({self.failed} failed)"
+        text += f" | {rate:,.0f} tok/s | {elapsed:,.0f}s"
+        worked = self.done + self.failed
+        if self.total is not None and worked:
+            left = (self.total - self.finished) * elapsed / worked
+            text += f" | ETA {left:,.0f}s"
+        return text
+
+
+def progress_path(output: Path, fmt: str) -> Path:
+    """Where a run appends its finished records: the output itself for JSONL, else a sibling file."""
+    return output if fmt == "jsonl" else output.with_name(output.name + ".progress.jsonl")
+
+
+def _errors_path(output: Path) -> Path:
+    return output.with_name(output.name + ".errors.jsonl")
+
+
+def _key(rid: Any) -> str:
+    return json.dumps(rid)
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "requests": usage.requests,
+    }
+
+
+def _trace(result: Result) -> dict[str, Any]:
+    def candidate(c: Any) -> dict[str, Any]:
+        return {
+            "agent": c.agent,
+            "index": c.index,
+            "text": c.text,
+            "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+        }
+
+    return {
+        "layers": [[candidate(c) for c in layer.candidates] for layer in result.layers],
+        "layer_elapsed": [round(layer.elapsed, 4) for layer in result.layers],
+        "answer": candidate(result.answer),
+        "elapsed": round(result.elapsed, 4),
+    }
+
+
+def _resume(path: Path) -> set[str]:
+    """Read the ids already done from an earlier run's output, repairing it in place if needed.
+
+    A torn last line (a run killed while writing) and error records (retried now) are dropped; the file is
+    rewritten atomically only when something is dropped.
+    """
+    if not path.exists():
+        return set()
+    done: set[str] = set()
+    keep: list[str] = []
+    dropped = 0
+    with path.open(encoding="utf-8") as handle:
+        for text in handle:
+            try:
+                value = json.loads(text)
+                ok = text.endswith("\n") and value.get("status") == "done" and _key(value["id"]) not in done
+            except (json.JSONDecodeError, AttributeError, KeyError):
+                ok = False
+            if ok:
+                done.add(_key(value["id"]))
+                keep.append(text)
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, path)
+        get_logger(__name__, output=str(path)).info("repaired output", kept=len(keep), dropped=dropped)
+    return done
+
+
+def _count_records(path: Path) -> int | None:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(1024).lstrip()
+            if head.startswith(b"["):
+                return None
+            handle.seek(0)
+            return sum(1 for line in handle if line.strip())
+    except OSError:
+        return None
+
+
+def _optional_path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+@define
+class Runner:
+    """Runs a topology over every record of an input file.
+
+    Args:
+        topology: The topology (its engines already started).
+        input: A JSONL file (streamed) or a JSON array file.
+        output: Where finished records go; None writes JSONL to standard output (no resume).
+        concurrency: The most records in flight at once.
+        limit: Only the first ``limit`` input records.
+        format: ``jsonl`` (one line per record, as it finishes), or a file written at the end from the
+            progress file: ``aft`` (the input items with a ``response``, one JSON array, input order),
+            ``alpaca_eval`` (``instruction, output, generator``) or ``mt_bench`` (FastChat answers).
+        trace: Add every layer's candidates to each output line.
+        strict: Check the whole input first and stop before any generation if a line is bad.
+        generator: The model name written into ``alpaca_eval`` and ``mt_bench`` outputs.
+        on_progress: Called with the live :class:`Progress` after each record.
+    """
+
+    topology: Topology
+    input: Path = field(converter=Path)
+    output: Path | None = field(default=None, converter=_optional_path)
+    concurrency: int = 128
+    limit: int | None = None
+    format: str = "jsonl"
+    trace: bool = False
+    strict: bool = False
+    generator: str = "aftlib"
+    on_progress: Callable[[Progress], None] | None = None
+    progress: Progress = field(factory=Progress, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"unknown output format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if self.format != "jsonl" and self.output is None:
+            raise ConfigError(f"--format {self.format} needs an output file")
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
+        if self.limit is not None and self.limit < 0:
+            raise ConfigError(f"limit must be >= 0, got {self.limit}")
+        if self.output is not None and self.output.resolve() == self.input.resolve():
+            raise ConfigError("the output file is the input file")
+
+    def _items(self) -> Iterator[Record | BadLine]:
+        for count, item in enumerate(read_records(self.input)):
+            if self.limit is not None and count >= self.limit:
+                return
+            yield item
+
+    def _check(self) -> list[BadLine]:
+        bad: list[BadLine] = []
+        seen: set[str] = set()
+        for item in self._items():
+            if isinstance(item, BadLine):
+                bad.append(item)
+            elif _key(item.id) in seen:
+                bad.append(BadLine(item.line, f"duplicate id {item.id!r}", json.dumps(item.data)))
+            else:
+                seen.add(_key(item.id))
+        return bad
+
+    async def run(self) -> RunSummary:
+        """Run every record and return the summary.
+
+        Raises:
+            InputError: The input cannot be read, or (with ``strict``) has bad lines; nothing ran.
+        """
+        log = get_logger(__name__, input=str(self.input))
+        start = time.monotonic()
+        errors_path = None if self.output is None else _errors_path(self.output)
+        if self.strict:
+            bad = self._check()
+            if bad:
+                self._write_bad(errors_path, bad)
+                first = bad[0]
+                raise InputError(
+                    f"{len(bad)} bad input line(s), nothing was run; first: {first.error}"
+                    + (f" (all listed in {errors_path})" if errors_path else ""),
+                    where=f"{self.input}:{first.line}",
+                )
+        total = _count_records(self.input)
+        self.progress = Progress(total=total if self.limit is None else min(total or self.limit, self.limit))
+        progress_file = None if self.output is None else progress_path(self.output, self.format)
+        done_ids = set() if progress_file is None else _resume(progress_file)
+        usage = Usage()
+        records = bad_count = 0
+        bad_lines: list[BadLine] = []
+        send, receive = anyio.create_memory_object_stream[Record](0)
+        with (
+            open(progress_file, "a", encoding="utf-8")  # noqa: ASYNC230 - appends of one line
+            if progress_file is not None
+            else open(os.dup(1), "w", encoding="utf-8")  # noqa: ASYNC230
+        ) as out:
+
+            def write(line: dict[str, Any]) -> None:
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                out.flush()
+
+            async def worker(records_in: MemoryObjectReceiveStream[Record]) -> None:
+                nonlocal usage
+                async with records_in:
+                    async for record in records_in:
+                        line, record_usage = await self._answer(record)
+                        usage = usage + record_usage
+                        write(line)
+                        if line["status"] == "done":
+                            self.progress.done += 1
+                        else:
+                            self.progress.failed += 1
+                        self.progress.completion_tokens += record_usage.completion_tokens
+                        if self.on_progress is not None:
+                            self.on_progress(self.progress)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(self.concurrency):
+                    tg.start_soon(worker, receive.clone())
+                receive.close()
+                async with send:
+                    seen: set[str] = set()
+                    for item in self._items():
+                        records += 1
+                        if isinstance(item, Record) and _key(item.id) in seen:
+                            item = BadLine(item.line, f"duplicate id {item.id!r}", json.dumps(item.data))
+                        if isinstance(item, BadLine):
+                            bad_count += 1
+                            bad_lines.append(item)
+                            log.warning("bad input line", where=f"{self.input}:{item.line}", error=item.error)
+                            continue
+                        seen.add(_key(item.id))
+                        if _key(item.id) in done_ids:
+                            self.progress.resumed += 1
+                            continue
+                        await send.send(item)
+        self._write_bad(errors_path, bad_lines)
+        if self.output is not None and self.format != "jsonl":
+            self._convert()
+        return RunSummary(
+            records=records,
+            done=self.progress.done,
+            resumed=self.progress.resumed,
+            failed=self.progress.failed,
+            bad=bad_count,
+            usage=usage,
+            elapsed=time.monotonic() - start,
+            output=self.output,
+            errors=errors_path if bad_lines else None,
+        )
+
+    def _write_bad(self, path: Path | None, bad: list[BadLine]) -> None:
+        if path is None:
+            return
+        if not bad:
+            path.unlink(missing_ok=True)
+            return
+        with path.open("w", encoding="utf-8") as handle:
+            for item in bad:
+                entry = {"file": str(self.input), "line": item.line, "error": item.error, "text": item.text}
+                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    async def _answer(self, record: Record) -> tuple[dict[str, Any], Usage]:
+        log = get_logger(__name__, record=record.id)
+        start = time.monotonic()
+        conversation = list(record.conversation)
+        results: list[Result] = []
+        line: dict[str, Any] = {**record.data, "id": record.id}
+        try:
+            for followup in (None, *record.followups):
+                if followup is not None:
+                    conversation += [Message("assistant", results[-1].text), Message("user", followup)]
+                results.append(await self.topology.run(conversation))
+        except (AftError, Exception) as exc:  # a failed record is written, never dropped
+            log.warning("record failed", error=repr(exc))
+            line.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        else:
+            line.update(status="done", response=results[-1].text)
+            if record.followups:
+                line["responses"] = [r.text for r in results]
+        usage = Usage.sum(r.usage for r in results)
+        line["usage"] = _usage(usage)
+        line["timings"] = {"elapsed": round(time.monotonic() - start, 4)}
+        if self.trace:
+            line["trace"] = [_trace(r) for r in results]
+        return line, usage
+
+    def _convert(self) -> None:
+        """Write the final output file in the chosen format from the progress file, atomically."""
+        assert self.output is not None
+        answers: dict[str, dict[str, Any]] = {}
+        with progress_path(self.output, self.format).open(encoding="utf-8") as handle:
+            for text in handle:
+                value = json.loads(text)
+                if value.get("status") == "done":
+                    answers[_key(value["id"])] = value
+        order = [item for item in self._items() if isinstance(item, Record)]
+        tmp = self.output.with_name(self.output.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            if self.format == "aft":
+                items = []
+                for record in order:
+                    answer = answers.get(_key(record.id))
+                    if answer is not None:
+                        items.append({**record.data, "response": answer["response"]})
+                json.dump(items, handle, ensure_ascii=False, indent=4)
+            elif self.format == "alpaca_eval":
+                rows = []
+                for record in order:
+                    answer = answers.get(_key(record.id))
+                    if answer is not None:
+                        instruction = record.data.get("instruction", record.conversation[-1].content)
+                        output = answer["response"]
+                        rows.append(
+                            {"instruction": instruction, "output": output, "generator": self.generator}
+                        )
+                json.dump(rows, handle, ensure_ascii=False, indent=2)
+            else:
+                for record in order:
+                    answer = answers.get(_key(record.id))
+                    if answer is None:
+                        continue
+                    turns = answer.get("responses", [answer["response"]])
+                    row = {
+                        "question_id": record.data.get("question_id", record.id),
+                        "answer_id": uuid.uuid5(uuid.NAMESPACE_URL, f"{self.generator}/{record.id}").hex,
+                        "model_id": self.generator,
+                        "choices": [{"index": 0, "turns": turns}],
+                        "tstamp": time.time(),
+                    }
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, self.output)

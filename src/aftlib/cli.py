@@ -1,0 +1,172 @@
+"""The ``aftlib`` command line.
+
+``aftlib run`` streams a dataset through a topology; ``aftlib demo`` (and ``aftlib run`` with no config)
+runs the AFT topology on a tiny random model on CPU over sample prompts shipped with aftlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+import yaml
+
+from . import config
+from ._errors import AftError, ConfigError, InputError
+from ._runner import FORMATS, Progress, Runner, RunSummary, progress_path
+from ._topology import Topology
+
+__all__ = ("main",)
+
+_DEMO_NOTE = (
+    "note: this demo runs a tiny model with random weights, so its text is meaningless. To run a real AFT "
+    "model (linzw/Llama-AFT-On-Policy) use a GPU machine with aftlib[vllm] and a config whose model_name "
+    "is that model: aftlib run --config aft.yaml --input prompts.jsonl --output out.jsonl"
+)
+
+
+def _data(name: str) -> Path:
+    return Path(str(resources.files("aftlib") / "data" / name))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aftlib", description="Propose-and-aggregate LLM inference.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a topology over a dataset")
+    demo = commands.add_parser("demo", help="run the AFT topology on a tiny CPU model over sample prompts")
+    for sub in (run, demo):
+        sub.add_argument("--config", type=Path, help="AFT reference YAML or topology config (default: demo)")
+        sub.add_argument("--input", type=Path, help="JSONL or JSON array of records (default: samples)")
+        sub.add_argument("--output", type=Path, help="output file (default: JSONL on standard output)")
+        sub.add_argument("--concurrency", type=int, default=128, help="records in flight (default 128)")
+        sub.add_argument("--limit", type=int, help="only the first K input records")
+        sub.add_argument("--format", choices=FORMATS, default="jsonl", help="output format (default jsonl)")
+        sub.add_argument("--trace", action="store_true", help="write every layer's candidates")
+        sub.add_argument("--strict", action="store_true", help="check the whole input before generating")
+        sub.add_argument("--log-json", action="store_true", help="log JSON lines to standard error")
+    return parser
+
+
+def _configure_logging(json_logs: bool) -> None:
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _demo_topology() -> Topology:
+    from .testing import tiny_model_path
+
+    data = yaml.safe_load(_data("demo.yaml").read_text(encoding="utf-8"))
+    data["model_name"] = str(tiny_model_path())
+    return config.parse(data, source="aftlib demo")
+
+
+def _generator(topology: Topology) -> str:
+    return Path(topology.final.engine.name).name or "aftlib"
+
+
+class _ProgressLine:
+    """A one-line progress display on a terminal, redrawn at most twice a second."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, progress: Progress) -> None:
+        now = anyio.current_time()
+        if now - self.last >= 0.5 or progress.finished == progress.total:
+            self.last = now
+            sys.stderr.write("\r\033[K" + progress.line())
+            sys.stderr.flush()
+
+
+def _summary(summary: RunSummary) -> str:
+    u = summary.usage
+    lines = [
+        f"records: {summary.records} read, {summary.done} done, {summary.resumed} already done, "
+        f"{summary.failed} failed, {summary.bad} bad lines",
+        f"tokens: {u.prompt_tokens:,} prompt, {u.completion_tokens:,} completion, {u.requests:,} requests",
+        f"wall time: {summary.elapsed:,.1f}s",
+    ]
+    if summary.output is not None:
+        lines.append(f"output: {summary.output}")
+    if summary.errors is not None:
+        lines.append(f"bad lines: {summary.errors}")
+    return "\n".join(lines)
+
+
+async def _run(args: argparse.Namespace) -> RunSummary:
+    demo = args.config is None
+    topology = _demo_topology() if demo else config.load(args.config)
+    runner = Runner(
+        topology,
+        args.input or _data("sample_prompts.jsonl"),
+        args.output,
+        concurrency=args.concurrency,
+        limit=args.limit,
+        format=args.format,
+        trace=args.trace,
+        strict=args.strict,
+        generator=_generator(topology),
+        on_progress=_ProgressLine() if sys.stderr.isatty() else None,
+    )
+    if args.input is not None and not args.input.is_file():
+        raise InputError("no such input file", where=str(args.input))
+    async with topology:
+        summary = await runner.run()
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    if demo:
+        print(_DEMO_NOTE, file=sys.stderr)
+    return summary
+
+
+def _quiet_vllm() -> None:
+    """Keep standard output for results: vLLM logs to stderr, warnings and up, unless told otherwise."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 some records failed, 2 bad usage)."""
+    args = _parser().parse_args(argv)
+    _quiet_vllm()
+    _configure_logging(args.log_json)
+    try:
+        summary = anyio.run(_run, args, backend="asyncio")
+    except (ConfigError, InputError) as exc:
+        print(f"aftlib: error: {exc}", file=sys.stderr)
+        return 2
+    except AftError as exc:
+        print(f"aftlib: failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        where = (
+            "" if args.output is None else f"; rerun to resume from {progress_path(args.output, args.format)}"
+        )
+        print(f"aftlib: interrupted{where}", file=sys.stderr)
+        return 130
+    print(_summary(summary), file=sys.stderr)
+    return 0 if summary.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
