@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from . import config, engines, presets, testing
 from ._agents import Agent, Aggregator, Proposer
+from ._budget import Cut
 from ._errors import (
     AftError,
     ConfigError,
@@ -52,6 +53,7 @@ __all__ = (
     "Completion",
     "ConfigError",
     "ContextLengthError",
+    "Cut",
     "Delta",
     "EngineError",
     "EngineTimeoutError",

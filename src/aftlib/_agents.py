@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from attrs import define, field
 
+from ._budget import Cut, fit
 from ._errors import ConfigError
 from ._logging import get_logger
 from ._results import Candidate, CandidateDone, Event, TokenDelta
@@ -68,10 +69,21 @@ class Agent:
                 f"got {type(self.sampling).__name__}"
             )
 
-    def request(self, conversation: Sequence[Message], references: Sequence[str]) -> ChatRequest:
-        """The engine request this agent sends for ``conversation`` and ``references``."""
-        messages = self.template.messages(conversation, references if self.reads_references else ())
-        return ChatRequest(messages, self.sampling, self.lora)
+    def prepare(
+        self, conversation: Sequence[Message], references: Sequence[str]
+    ) -> tuple[ChatRequest, tuple[Cut, ...]]:
+        """The engine request for ``conversation`` and ``references``, fitted to the engine's context.
+
+        Returns:
+            The request and the references cut to fit (each an :class:`~aftlib.Cut`), if any.
+        """
+        refs = references if self.reads_references else ()
+
+        def build(texts: Sequence[str]) -> list[Message]:
+            return self.template.messages(conversation, texts)
+
+        messages, sampling, cuts = fit(self.engine, build, refs, self.sampling)
+        return ChatRequest(messages, sampling, self.lora), cuts
 
     async def run(
         self,
@@ -88,7 +100,11 @@ class Agent:
             The candidates, in sample order, and the engine's completion.
         """
         log = get_logger(__name__, layer=layer, agent=self.name)
-        request = self.request(conversation, references)
+        request, cuts = self.prepare(conversation, references)
+        if cuts:
+            log.info(
+                "references cut to fit the context", cuts=len(cuts), max_tokens=request.sampling.max_tokens
+            )
         log.debug("request", n=request.sampling.n, references=len(references))
         completion: Completion | None = None
         async with aclosing(self.engine.stream(request)) as stream:
@@ -109,6 +125,7 @@ class Agent:
                 s.finish_reason,
                 completion.usage.prompt_tokens,
                 s.completion_tokens,
+                cuts,
             )
             for s in sorted(completion.samples, key=lambda s: s.index)
         )

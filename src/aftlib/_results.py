@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from attrs import field, frozen
 
+from ._budget import Cut
 from ._types import Usage
 
 __all__ = (
@@ -32,6 +33,7 @@ class Candidate:
         finish_reason: Why the sample ended (``"stop"``, ``"length"``, ...).
         prompt_tokens: Prompt tokens of the request that produced it (shared by its ``n`` samples).
         completion_tokens: Tokens generated for this sample.
+        cuts: References shortened to fit the engine's context for the request that produced it.
     """
 
     layer: int
@@ -41,6 +43,7 @@ class Candidate:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cuts: tuple[Cut, ...] = ()
 
 
 def _candidates(value: Iterable[Candidate]) -> tuple[Candidate, ...]:

@@ -130,6 +130,7 @@ def _trace(result: Result) -> dict[str, Any]:
             "finish_reason": c.finish_reason,
             "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens,
+            "cuts": [{"reference": k.reference, "tokens": k.tokens, "kept": k.kept} for k in c.cuts],
         }
 
     return {

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from types import TracebackType
 
 import anyio.abc
 from attrs import define, field
 
-from .._types import ChatRequest, Completion, Delta
+from .._types import ChatRequest, Completion, Delta, Message
 
 __all__ = ("Engine", "StreamItem", "collect")
 
@@ -23,7 +23,9 @@ class Engine(anyio.abc.AsyncResource):
     """Something that answers :class:`~aftlib.ChatRequest` objects.
 
     Subclasses implement :meth:`generate`; streaming engines also override :meth:`stream`, which
-    otherwise falls back to ``generate`` and yields each sample's whole text as one delta. Engines are
+    otherwise falls back to ``generate`` and yields each sample's whole text as one delta. Engines that
+    know their context window and tokenizer (:attr:`context_window`, :meth:`count_tokens`,
+    :meth:`text_tokens`, :meth:`detokenize`) get their aggregation prompts fitted to it. Engines are
     async context managers: ``async with engine:`` starts it and closes it. Entering is counted, so
     many topologies can share one engine and the last one out closes it.
 
@@ -48,6 +50,23 @@ class Engine(anyio.abc.AsyncResource):
         for sample in completion.samples:
             yield Delta(sample.index, sample.text)
         yield completion
+
+    @property
+    def context_window(self) -> int | None:
+        """The model's context in tokens, or None when unknown (then prompts are not budgeted)."""
+        return None
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Prompt tokens of ``messages`` as this engine would send them (chat template included)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot count tokens")
+
+    def text_tokens(self, text: str) -> list[int]:
+        """Token ids of a piece of text, without special tokens."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tokenize")
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of token ids (the inverse of :meth:`text_tokens`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot detokenize")
 
     async def start(self) -> None:
         """Acquire what the engine needs (load a model, open a connection). Called once."""

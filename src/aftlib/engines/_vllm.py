@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -13,7 +13,7 @@ from attrs import define, field
 
 from .._errors import ConfigError, ContextLengthError, EngineError
 from .._logging import get_logger
-from .._types import ChatRequest, Completion, Delta, Sample, Usage
+from .._types import ChatRequest, Completion, Delta, Message, Sample, Usage
 from ._base import Engine, StreamItem, collect
 
 __all__ = ("VLLMEngine",)
@@ -130,11 +130,33 @@ class VLLMEngine(Engine):
 
     def prompt_token_ids(self, request: ChatRequest) -> list[int]:
         """Render ``request.messages`` with the model's chat template and tokenize it."""
+        return self._render(request.messages)
+
+    def _render(self, messages: Sequence[Message]) -> list[int]:
         text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in request.messages], tokenize=False, add_generation_prompt=True
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
         )
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
         return ids
+
+    @property
+    def context_window(self) -> int | None:
+        """The engine's ``max_model_len`` (after start)."""
+        return self._max_model_len or None
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Prompt tokens of ``messages`` after the chat template."""
+        return len(self._render(messages))
+
+    def text_tokens(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens."""
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        return ids
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of token ids."""
+        text: str = self.tokenizer.decode(list(tokens))
+        return text
 
     def _sampling_params(self, request: ChatRequest, prompt_len: int) -> Any:
         vllm = _import_vllm()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 
 import anyio
 import anyio.lowlevel
 from attrs import define, field
 
 from .._errors import AftError, EngineError
-from .._types import ChatRequest, Completion, Delta, Sample, Usage
+from .._types import ChatRequest, Completion, Delta, Message, Sample, Usage
 from ..engines._base import Engine, StreamItem, collect
 
 __all__ = ("FakeEngine", "Handler")
@@ -49,6 +49,7 @@ class FakeEngine(Engine):
             exception it raises reaches the caller as an :class:`~aftlib.EngineError` (an ``AftError`` it
             raises passes unchanged), as an engine failure would.
         latency: Seconds to wait before answering each request.
+        context_window: A context size in tokens (one token per word) for prompt budgeting, or None.
         name: A label for logs and results.
 
     Example:
@@ -57,7 +58,28 @@ class FakeEngine(Engine):
 
     handler: Handler | None = None
     latency: float = 0.0
+    context_window: int | None = None
     requests: list[ChatRequest] = field(factory=list, init=False)
+    _vocab: dict[str, int] = field(factory=dict, init=False, repr=False)
+    _words: list[str] = field(factory=list, init=False, repr=False)
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """Whitespace-separated words of every message, plus 4 per message for the chat format."""
+        return sum(len(m.content.split()) + 4 for m in messages)
+
+    def text_tokens(self, text: str) -> list[int]:
+        """One token per whitespace-separated word."""
+        ids = []
+        for word in text.split():
+            if word not in self._vocab:
+                self._vocab[word] = len(self._words)
+                self._words.append(word)
+            ids.append(self._vocab[word])
+        return ids
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The words of ``tokens``, joined by spaces."""
+        return " ".join(self._words[t] for t in tokens)
 
     async def generate(self, request: ChatRequest) -> Completion:
         """Answer ``request`` with ``request.sampling.n`` samples."""
