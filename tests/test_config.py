@@ -99,3 +99,26 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     """Python object tags are refused, never constructed."""
     with pytest.raises(ConfigError, match="not valid YAML"):
         config.load(write(tmp_path, "model_name: !!python/object/apply:os.system ['true']\n"))
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        (
+            ("    final_layer_top_p: 1.0\n", "    final_layer_top_p: 2\n"),
+            "generation_params.final_layer_top_p",
+        ),
+        (
+            ("    final_layer_temperature: 0.7\n", "    final_layer_temperature: -1\n"),
+            "generation_params.final_layer_temperature",
+        ),
+        (("    max_tokens: 4096\n", "    max_tokens: 0\n"), "generation_params.max_tokens"),
+    ],
+)
+def test_final_layer_values_are_named_by_their_own_key(
+    tmp_path: Path, change: tuple[str, str], path: str
+) -> None:
+    """A bad final-layer value is reported under its final_layer_* key, not the proposal key."""
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, REFERENCE_YAML.replace(*change)))
+    assert info.value.path == path

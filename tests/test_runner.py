@@ -9,9 +9,8 @@ from typing import Any
 import anyio
 import pytest
 
-from aftlib import ChatRequest, InputError, presets
+from aftlib import ChatRequest, InputError, Runner, presets
 from aftlib._records import BadLine, Record, read_records
-from aftlib._runner import Runner
 from aftlib.testing import FakeEngine
 
 pytestmark = pytest.mark.anyio

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aftlib import presets
-from aftlib._runner import Runner
+from aftlib import Runner, presets
 from aftlib.engines import VLLMEngine
 
 DATA = Path(__file__).parent / "data"

@@ -36,6 +36,7 @@ from ._results import (
     Result,
     TokenDelta,
 )
+from ._runner import Progress, Runner, RunSummary
 from ._templates import PromptTemplate
 from ._topology import Layer, Topology
 from ._types import ChatRequest, Completion, Delta, Message, Sample, SamplingParams, Usage
@@ -63,10 +64,13 @@ __all__ = (
     "LayerDone",
     "LayerResult",
     "Message",
+    "Progress",
     "PromptTemplate",
     "Proposer",
     "RateLimitError",
     "Result",
+    "RunSummary",
+    "Runner",
     "Sample",
     "SamplingParams",
     "TemplateError",

@@ -23,14 +23,15 @@ Emit = Callable[[Event], Awaitable[None]]
 EventCallback = Callable[[Event], "Awaitable[object] | object"]
 
 
-def emitter(on_event: EventCallback | None) -> Emit:
-    """Wrap a sync or async callback (or None) into one coroutine function."""
+def emitter(on_event: EventCallback | None) -> Emit | None:
+    """Wrap a sync or async callback into one coroutine function; None stays None (no events built)."""
+    if on_event is None:
+        return None
 
     async def emit(event: Event) -> None:
-        if on_event is not None:
-            outcome = on_event(event)
-            if inspect.isawaitable(outcome):
-                await outcome
+        outcome = on_event(event)
+        if inspect.isawaitable(outcome):
+            await outcome
 
     return emit
 
@@ -91,7 +92,7 @@ class Agent:
         references: Sequence[str],
         *,
         layer: int,
-        emit: Emit,
+        emit: Emit | None,
         is_answer: bool = False,
     ) -> tuple[tuple[Candidate, ...], Completion]:
         """Send one request and stream its samples as events.
@@ -110,7 +111,7 @@ class Agent:
         async with aclosing(self.engine.stream(request)) as stream:
             async for item in stream:
                 if isinstance(item, Delta):
-                    if item.text:
+                    if emit is not None and item.text:
                         await emit(TokenDelta(layer, self.name, item.index, item.text, is_answer))
                 else:
                     completion = item
@@ -129,8 +130,9 @@ class Agent:
             )
             for s in sorted(completion.samples, key=lambda s: s.index)
         )
-        for candidate in candidates:
-            await emit(CandidateDone(candidate))
+        if emit is not None:
+            for candidate in candidates:
+                await emit(CandidateDone(candidate))
         log.debug(
             "done",
             prompt_tokens=completion.usage.prompt_tokens,

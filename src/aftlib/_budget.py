@@ -100,9 +100,9 @@ def fit(
                 break
             budget = max(budget - over, 0)
     if prompt >= window:
+        what = "even with the references cut" if references else "before any answer"
         raise ContextLengthError(
-            f"engine {engine.name!r}: the prompt needs {prompt} tokens even with the references cut, "
-            f"the context is {window}"
+            f"engine {engine.name!r}: the prompt needs {prompt} tokens {what}, the context is {window}"
         )
     if sampling.max_tokens > window - prompt:
         sampling = evolve(sampling, max_tokens=window - prompt)

@@ -8,6 +8,7 @@ application that never set up logging sees only warnings and errors, as Python's
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -26,8 +27,13 @@ def get_logger(name: str, **context: Any) -> Any:
     """A structlog logger for ``name`` with ``context`` bound; call it per operation, not at import."""
     if structlog.is_configured():
         return structlog.get_logger(name).bind(**context)
+    return _stdlib_logger(name).bind(**context)
+
+
+@functools.cache
+def _stdlib_logger(name: str) -> Any:
     return structlog.wrap_logger(
         logging.getLogger(name),
         processors=_STDLIB_PROCESSORS,
         wrapper_class=structlog.stdlib.BoundLogger,
-    ).bind(**context)
+    )

@@ -58,7 +58,7 @@ class Layer:
         references: Sequence[str],
         *,
         index: int,
-        emit: Emit,
+        emit: Emit | None,
     ) -> LayerResult:
         """Run every agent at once and gather their candidates."""
         start = time.perf_counter()
@@ -182,7 +182,7 @@ class Topology:
         messages = as_conversation(conversation)
         return await self._run(messages, emitter(on_event))
 
-    async def _run(self, conversation: tuple[Message, ...], emit: Emit) -> Result:
+    async def _run(self, conversation: tuple[Message, ...], emit: Emit | None) -> Result:
         start = time.perf_counter()
         log = get_logger(__name__, layers=len(self.layers))
         layers: list[LayerResult] = []
@@ -192,7 +192,8 @@ class Topology:
             layers.append(done)
             references = done.texts
             log.debug("layer done", layer=index, candidates=len(done.candidates))
-            await emit(LayerDone(done))
+            if emit is not None:
+                await emit(LayerDone(done))
         (answer,), completion = await self.final.run(
             conversation, references, layer=len(self.layers), emit=emit, is_answer=True
         )
@@ -202,7 +203,8 @@ class Topology:
             Usage.sum([*(layer.usage for layer in layers), completion.usage]),
             time.perf_counter() - start,
         )
-        await emit(AnswerDone(result))
+        if emit is not None:
+            await emit(AnswerDone(result))
         return result
 
     async def stream(self, conversation: Sequence[Mapping[str, Any]] | str) -> AsyncGenerator[Event, None]:

@@ -32,6 +32,7 @@ from attrs import field, frozen
 
 from ._errors import ConfigError
 from ._topology import Topology
+from ._types import SamplingParams
 
 __all__ = ("AftConfig", "GenerationParams", "load", "parse")
 
@@ -63,24 +64,39 @@ class AftConfig:
         from .engines import VLLMEngine
         from .presets import aft
 
+        g = self.generation_params
+        _check_sampling(
+            "generation_params.", temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_tokens, n=g.n
+        )
+        _check_sampling(
+            "generation_params.final_layer_", temperature=g.final_layer_temperature, top_p=g.final_layer_top_p
+        )
+        if self.num_aggregation < 1:
+            raise ConfigError(
+                f"num_aggregation counts the final aggregation and must be >= 1, got {self.num_aggregation}",
+                path="num_aggregation",
+            )
         args = dict(self.engine_args)
         if self.vllm_seed is not None:
             args.setdefault("seed", self.vllm_seed)
-        g = self.generation_params
-        try:
-            return aft(
-                VLLMEngine(self.model_name, **args),
-                n=g.n,
-                num_aggregation=self.num_aggregation,
-                temperature=g.temperature,
-                top_p=g.top_p,
-                max_tokens=g.max_tokens,
-                final_temperature=g.final_layer_temperature,
-                final_top_p=g.final_layer_top_p,
-            )
-        except ConfigError as exc:
-            prefix = "" if exc.path == "num_aggregation" else "generation_params."
-            raise ConfigError(exc.message, path=f"{prefix}{exc.path}" if exc.path else None) from None
+        return aft(
+            VLLMEngine(self.model_name, **args),
+            n=g.n,
+            num_aggregation=self.num_aggregation,
+            temperature=g.temperature,
+            top_p=g.top_p,
+            max_tokens=g.max_tokens,
+            final_temperature=g.final_layer_temperature,
+            final_top_p=g.final_layer_top_p,
+        )
+
+
+def _check_sampling(prefix: str, **values: Any) -> None:
+    """Validate sampling values, naming the config key of the one that is wrong."""
+    try:
+        SamplingParams(**values)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, path=f"{prefix}{exc.path}") from None
 
 
 def _strict(kind: type[Any]) -> Any:

@@ -53,7 +53,8 @@ class VLLMEngine(Engine):
     Closing a stream early, or cancelling its consumer, aborts the request inside the engine.
 
     Args:
-        model: A model folder or hub name (already on this machine: nothing is downloaded).
+        model: A model folder, or a model name that vLLM resolves (set ``HF_HUB_OFFLINE=1`` to make sure
+            nothing is downloaded).
         name: A label for logs and results; the model by default.
         **engine_args: Passed to vLLM's ``AsyncEngineArgs`` unchanged: ``dtype``, ``max_model_len``,
             ``gpu_memory_utilization``, ``kv_cache_memory_bytes``, ``tensor_parallel_size``, ``seed``,
