@@ -126,6 +126,15 @@ def _mapping(value: Any, _: type[Any]) -> dict[str, Any]:
 
 
 _CONVERTER = _converter()
+
+
+def _describe(exc: BaseException, kind: type[Any] | None) -> str:
+    """Our own type errors say what was expected and what came; cattrs words the rest."""
+    if isinstance(exc, TypeError) and str(exc).startswith("expected "):
+        return str(exc)
+    return cattrs.v.format_exception(exc, kind)
+
+
 _PATH = re.compile(r"^(?P<message>.*) @ \$\.?(?P<path>.*)$")
 
 
@@ -150,7 +159,7 @@ def parse(data: Any, *, source: str | None = None) -> Topology:
     try:
         config = _CONVERTER.structure(data, AftConfig)
     except cattrs.BaseValidationError as exc:
-        problems = cattrs.transform_error(exc, path="$")
+        problems = cattrs.transform_error(exc, path="$", format_exception=_describe)
         first = _PATH.match(problems[0])
         path = first["path"] if first else None
         message = "; ".join(problems) if len(problems) > 1 else (first["message"] if first else problems[0])

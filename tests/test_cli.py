@@ -1,0 +1,60 @@
+"""The command line's handling of usage mistakes, and its progress line (no engine is started here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aftlib import Progress
+from aftlib.cli import main
+
+
+def test_missing_config_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config that does not exist: exit 2 with one clear line, no traceback."""
+    status = main(["run", "--config", str(tmp_path / "nope.yaml"), "--input", str(tmp_path / "in.jsonl")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "aftlib: error:" in err
+    assert "nope.yaml: cannot read the config" in err
+    assert "Traceback" not in err
+
+
+def test_bad_config_key_names_the_key_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An ill-typed key in the YAML: exit 2, the message names the file and the key path."""
+    config = tmp_path / "aft.yaml"
+    config.write_text(
+        "model_name: m\ngeneration_params: {temperature: 0.7, top_p: 0.9, max_tokens: 8, n: many,"
+        " final_layer_temperature: 0.7, final_layer_top_p: 1.0}\nnum_aggregation: 2\n"
+    )
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "aft.yaml: generation_params.n: expected int" in err
+
+
+def test_missing_input_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An input file that does not exist: exit 2 before any engine starts."""
+    config = tmp_path / "aft.yaml"
+    config.write_text(
+        "model_name: m\ngeneration_params: {temperature: 0.7, top_p: 0.9, max_tokens: 8, n: 2,"
+        " final_layer_temperature: 0.7, final_layer_top_p: 1.0}\nnum_aggregation: 2\n"
+    )
+    assert main(["run", "--config", str(config), "--input", str(tmp_path / "absent.jsonl")]) == 2
+    assert "absent.jsonl: no such input file" in capsys.readouterr().err
+
+
+def test_unknown_format_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    """--format accepts only the known formats."""
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--format", "csv"])
+    assert info.value.code == 2
+    assert "invalid choice: 'csv'" in capsys.readouterr().err
+
+
+def test_progress_line_shows_done_rate_and_eta() -> None:
+    """The progress line counts finished records of the total, token rate and the time left."""
+    progress = Progress(total=10, done=3, failed=1, resumed=2, completion_tokens=500)
+    progress.started -= 10
+    line = progress.line()
+    assert line.startswith("records 6/10 (1 failed) | 50 tok/s")
+    assert "ETA 10s" in line
