@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from . import config, engines, presets, testing
-from ._agents import Agent, Aggregator, Proposer
+from ._agents import Agent, Aggregator, Proposer, SequentialAggregator
 from ._budget import Cut
 from ._errors import (
     AftError,
@@ -73,6 +73,7 @@ __all__ = (
     "Runner",
     "Sample",
     "SamplingParams",
+    "SequentialAggregator",
     "TemplateError",
     "TokenDelta",
     "Topology",

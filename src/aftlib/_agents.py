@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import ClassVar
@@ -14,10 +16,10 @@ from ._errors import ConfigError
 from ._logging import get_logger
 from ._results import Candidate, CandidateDone, Event, TokenDelta
 from ._templates import PromptTemplate, as_template
-from ._types import ChatRequest, Completion, Delta, Message, SamplingParams
+from ._types import ChatRequest, Completion, Delta, Message, SamplingParams, Usage
 from .engines._base import Engine
 
-__all__ = ("Agent", "Aggregator", "Emit", "Proposer", "emitter")
+__all__ = ("Agent", "Aggregator", "Emit", "Proposer", "SequentialAggregator", "emitter")
 
 Emit = Callable[[Event], Awaitable[None]]
 EventCallback = Callable[[Event], "Awaitable[object] | object"]
@@ -153,11 +155,78 @@ class Proposer(Agent):
 
 @define(eq=False)
 class Aggregator(Agent):
-    """An agent that reads the previous layer's candidates (the AFT aggregation prompt by default)."""
+    """An agent that reads the previous layer's candidates (the AFT aggregation prompt by default).
+
+    Attributes:
+        shuffle: A seed to shuffle the references with, per conversation (the same conversation always gets
+            the same order); None keeps them in layer order (agent, then sample index).
+    """
 
     reads_references: ClassVar[bool] = True
+    shuffle: int | None = field(default=None, kw_only=True)
+
+    def prepare(
+        self, conversation: Sequence[Message], references: Sequence[str]
+    ) -> tuple[ChatRequest, tuple[Cut, ...]]:
+        """Like :meth:`Agent.prepare`, with the references shuffled first if :attr:`shuffle` is set."""
+        if self.shuffle is not None:
+            key = hashlib.sha256(repr((self.shuffle, [m.content for m in conversation])).encode()).digest()
+            references = list(references)
+            random.Random(key).shuffle(references)
+        return super().prepare(conversation, references)
 
     template: PromptTemplate = field(
         factory=lambda: PromptTemplate("aft_aggregate"), converter=as_template, kw_only=True
     )
     name: str = field(default="aggregator", kw_only=True)
+
+
+@define(eq=False)
+class SequentialAggregator(Aggregator):
+    """An aggregator that reads its references a window at a time, carrying a running synthesis.
+
+    The first request aggregates the first ``window`` references; each later request aggregates the
+    synthesis so far with the next ``window - 1`` references, until all are read (Self-MoA-Seq). Use it
+    when the references do not fit the context at once. Only the last request's text is the candidate;
+    the usage adds up every request.
+
+    Attributes:
+        window: References per request (at least 2).
+    """
+
+    window: int = field(default=4, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.window < 2:
+            raise ConfigError(f"agent {self.name!r}: window must be at least 2, got {self.window}")
+        if self.sampling.n != 1:
+            raise ConfigError(
+                f"agent {self.name!r}: a sequential aggregator samples once, got n={self.sampling.n}"
+            )
+
+    async def run(
+        self,
+        conversation: Sequence[Message],
+        references: Sequence[str],
+        *,
+        layer: int,
+        emit: Emit | None,
+        is_answer: bool = False,
+    ) -> tuple[tuple[Candidate, ...], Completion]:
+        """Aggregate window by window; only the last request's deltas can be answer deltas."""
+        remaining = list(references)
+        synthesis: str | None = None
+        usage = Usage()
+        while True:
+            take = self.window if synthesis is None else self.window - 1
+            chunk, remaining = remaining[:take], remaining[take:]
+            inputs = chunk if synthesis is None else [synthesis, *chunk]
+            last = not remaining
+            candidates, completion = await super().run(
+                conversation, inputs, layer=layer, emit=emit, is_answer=is_answer and last
+            )
+            usage = usage + completion.usage
+            if last:
+                return candidates, Completion(completion.samples, usage)
+            synthesis = candidates[0].text

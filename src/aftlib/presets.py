@@ -2,17 +2,22 @@
 
 - :func:`aft`: the propose-and-aggregate inference of the AFT paper (one model drafts, then aggregates
   its own drafts).
+- :func:`moa`, :func:`moa_lite`: Together's Mixture-of-Agents over several models.
+- :func:`self_moa`, :func:`self_moa_seq`: one model sampled k times, then aggregated (all at once, or a
+  window at a time with a running synthesis).
 """
 
 from __future__ import annotations
 
-from ._agents import Aggregator, Proposer
+from collections.abc import Sequence
+
+from ._agents import Aggregator, Proposer, SequentialAggregator
 from ._errors import ConfigError
 from ._topology import Layer, Topology
 from ._types import SamplingParams
 from .engines._base import Engine
 
-__all__ = ("aft",)
+__all__ = ("aft", "moa", "moa_lite", "self_moa", "self_moa_seq")
 
 
 def aft(
@@ -61,3 +66,124 @@ def aft(
     layers = [Layer(Proposer(engine, sampling=sampling))]
     layers += [Layer(Aggregator(engine, sampling=sampling)) for _ in range(num_aggregation - 1)]
     return Topology(layers, Aggregator(engine, sampling=final, name="final"))
+
+
+def moa(
+    proposers: Sequence[Engine],
+    aggregator: Engine,
+    *,
+    layers: int = 3,
+    temperature: float = 0.7,
+    max_tokens: int = 512,
+    aggregator_temperature: float = 0.7,
+    shuffle: int | None = None,
+) -> Topology:
+    """Together's Mixture-of-Agents: proposer layers, then one aggregator; ``layers`` counts them all.
+
+    Layer 1 sends the conversation unchanged to each proposer (one sample each). Every later layer sends
+    each proposer the MoA aggregation prompt over the previous layer's texts, in proposer order, in the
+    system message (appended to the conversation's own, if any). The final aggregator does the same over
+    the last layer. ``moa([e1, e2, e3], agg, layers=3)`` makes 3 + 3 + 1 requests.
+
+    Args:
+        proposers: One engine per proposer (an engine may appear more than once).
+        aggregator: The engine of the final aggregator.
+        layers: Layers in all, the final aggregation included (at least 2).
+        temperature: Proposers' temperature.
+        max_tokens: The most tokens per sample.
+        aggregator_temperature: The final aggregator's temperature.
+        shuffle: A seed to shuffle the references of every aggregation per conversation (None: in order).
+
+    Raises:
+        ConfigError: No proposers, or fewer than 2 layers.
+    """
+    if not proposers:
+        raise ConfigError("moa needs at least one proposer engine", path="proposers")
+    if layers < 2:
+        raise ConfigError(
+            f"moa needs at least 2 layers (proposers, then the aggregator), got {layers}", path="layers"
+        )
+    sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens)
+    names = [f"proposer{i + 1}" for i in range(len(proposers))]
+    first = Layer(
+        [
+            Proposer(e, sampling=sampling, template="passthrough", name=n)
+            for e, n in zip(proposers, names, strict=True)
+        ]
+    )
+    later = [
+        Layer(
+            [
+                Aggregator(e, sampling=sampling, template="moa_aggregate", name=n, shuffle=shuffle)
+                for e, n in zip(proposers, names, strict=True)
+            ]
+        )
+        for _ in range(layers - 2)
+    ]
+    final = Aggregator(
+        aggregator,
+        sampling=SamplingParams(temperature=aggregator_temperature, max_tokens=max_tokens),
+        template="moa_aggregate",
+        shuffle=shuffle,
+    )
+    return Topology([first, *later], final)
+
+
+def moa_lite(
+    proposers: Sequence[Engine], aggregator: Engine, *, temperature: float = 0.7, max_tokens: int = 512
+) -> Topology:
+    """MoA-Lite: one layer of proposers, then the aggregator (``moa(..., layers=2)``)."""
+    return moa(proposers, aggregator, layers=2, temperature=temperature, max_tokens=max_tokens)
+
+
+def self_moa(
+    engine: Engine,
+    k: int = 6,
+    *,
+    temperature: float = 0.7,
+    max_tokens: int = 512,
+    aggregator_temperature: float = 0.7,
+) -> Topology:
+    """Self-MoA: one model sampled ``k`` times (one request), then the same model aggregates the k drafts.
+
+    The drafts come from the conversation unchanged; the aggregation uses the MoA prompt.
+    """
+    drafts = Proposer(
+        engine,
+        sampling=SamplingParams(temperature=temperature, max_tokens=max_tokens, n=k),
+        template="passthrough",
+    )
+    final = Aggregator(
+        engine,
+        sampling=SamplingParams(temperature=aggregator_temperature, max_tokens=max_tokens),
+        template="moa_aggregate",
+    )
+    return Topology([[drafts]], final)
+
+
+def self_moa_seq(
+    engine: Engine,
+    k: int = 6,
+    window: int = 3,
+    *,
+    temperature: float = 0.7,
+    max_tokens: int = 512,
+    aggregator_temperature: float = 0.7,
+) -> Topology:
+    """Self-MoA-Seq: like :func:`self_moa`, but aggregated ``window`` drafts at a time.
+
+    The first request aggregates drafts 1..window; each later one aggregates the running synthesis with
+    the next ``window - 1`` drafts, so the prompt never holds more than ``window`` texts.
+    """
+    drafts = Proposer(
+        engine,
+        sampling=SamplingParams(temperature=temperature, max_tokens=max_tokens, n=k),
+        template="passthrough",
+    )
+    final = SequentialAggregator(
+        engine,
+        sampling=SamplingParams(temperature=aggregator_temperature, max_tokens=max_tokens),
+        template="moa_aggregate",
+        window=window,
+    )
+    return Topology([[drafts]], final)
