@@ -24,7 +24,7 @@ def named(name: str) -> FakeEngine:
 
 
 async def test_moa_three_layers_sends_the_together_requests() -> None:
-    """moa([e1, e2, e3], agg, layers=3): conversation unchanged, then the MoA prompt over layer 1, then agg."""
+    """moa([e1, e2, e3], agg, layers=3): conversation unchanged, then MoA prompt over layer 1, then agg."""
     proposers = [named("e1"), named("e2"), named("e3")]
     aggregator = named("agg")
     result = await presets.moa(proposers, aggregator, layers=3).run(CONVERSATION)
