@@ -67,11 +67,13 @@ class Direct:
             top_p=top_p,
             max_tokens=MAX_TOKENS,
             stop_token_ids=[self.tokenizer.eos_token_id],
+            output_kind=self.vllm.sampling_params.RequestOutputKind.FINAL_ONLY,
         )
         final = None
         async for output in self.llm.generate({"prompt_token_ids": ids}, params, uuid.uuid4().hex):
             final = output
         assert final is not None
+        assert len(final.outputs) == n
         self.tokens += sum(len(o.token_ids) for o in final.outputs)
         return [o.text for o in sorted(final.outputs, key=lambda o: o.index)]
 

@@ -14,8 +14,12 @@
     num_aggregation: 2       # aggregation layers, the final one included
 
 One key beyond the reference is accepted: ``engine_args``, a mapping passed to vLLM unchanged (for
-example ``max_model_len`` or ``tensor_parallel_size``). Unknown, missing or ill-typed keys raise
-:class:`~aftlib.ConfigError` naming the file and the key path.
+example ``max_model_len`` or ``tensor_parallel_size``).
+
+It also reads topology files (:class:`TopologyConfig`): named engines (``vllm``, ``openai``, ``fake``),
+named agents (role, engine, template, sampling, LoRA adapter), layers of agent names and the final agent.
+
+Unknown, missing or ill-typed keys raise :class:`~aftlib.ConfigError` naming the file and the key path.
 """
 
 from __future__ import annotations
@@ -24,17 +28,29 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cattrs
 import yaml
 from attrs import field, frozen
 
+from ._agents import Agent, Aggregator, Proposer, SequentialAggregator
 from ._errors import ConfigError
 from ._topology import Topology
 from ._types import SamplingParams
+from .engines._base import Engine
 
-__all__ = ("AftConfig", "GenerationParams", "load", "parse")
+__all__ = (
+    "AftConfig",
+    "AgentConfig",
+    "GenerationParams",
+    "SamplingConfig",
+    "TopologyConfig",
+    "load",
+    "parse",
+)
+
+T = TypeVar("T")
 
 
 @frozen
@@ -91,6 +107,155 @@ class AftConfig:
         )
 
 
+@frozen
+class SamplingConfig:
+    """An agent's sampling in a topology file (the fields of :class:`~aftlib.SamplingParams`)."""
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    n: int = 1
+    seed: int | None = None
+    stop: list[str] = field(factory=list)
+
+
+@frozen
+class AgentConfig:
+    """One agent of a topology file.
+
+    ``role`` is ``proposer``, ``aggregator`` or ``sequential_aggregator`` (which needs ``window``);
+    ``template`` defaults to the role's AFT template.
+    """
+
+    engine: str
+    role: str = "proposer"
+    template: str | None = None
+    sampling: SamplingConfig = field(factory=SamplingConfig)
+    lora: str | None = None
+    shuffle: int | None = None
+    window: int | None = None
+
+
+_ENGINE_KEYS: dict[str, tuple[set[str], set[str]]] = {
+    # type: (required keys, optional keys); a vllm engine also takes any vLLM engine argument
+    "vllm": ({"model"}, set()),
+    "openai": ({"model", "base_url"}, {"api_key_env", "timeout"}),
+    "fake": (set(), {"latency", "context_window"}),
+}
+
+
+@frozen
+class TopologyConfig:
+    """A topology file: named engines, named agents, layers of agent names, and the final agent.
+
+    Example::
+
+        engines:
+          big: {type: vllm, model: /models/llama-aft, max_model_len: 8192}
+          remote: {type: openai, model: qwen, base_url: http://gpu-box:8000/v1, api_key_env: QWEN_KEY}
+        agents:
+          draft: {engine: big, template: aft_propose, sampling: {n: 4, temperature: 0.7}}
+          other: {engine: remote, template: passthrough}
+          judge: {role: aggregator, engine: big, template: moa_aggregate, sampling: {max_tokens: 1024}}
+        layers:
+          - [draft, other]
+        final: judge
+    """
+
+    engines: dict[str, dict[str, Any]]
+    agents: dict[str, AgentConfig]
+    layers: list[list[str]]
+    final: str
+
+    def topology(self) -> Topology:
+        """Build the engines (not started), the agents and the topology."""
+        engines = {name: _engine(name, spec, self.engines) for name, spec in self.engines.items()}
+        agents = {name: self._agent(name, spec, engines) for name, spec in self.agents.items()}
+        if not self.layers:
+            raise ConfigError("a topology needs at least one layer before the final agent", path="layers")
+        layers = []
+        for i, names in enumerate(self.layers):
+            if not names:
+                raise ConfigError("a layer with no agents", path=f"layers[{i}]")
+            for j, name in enumerate(names):
+                if name not in agents:
+                    raise ConfigError(_unknown("agent", name, agents), path=f"layers[{i}][{j}]")
+            layers.append([agents[n] for n in names])
+        if self.final not in agents:
+            raise ConfigError(_unknown("agent", self.final, agents), path="final")
+        try:
+            return Topology(layers, agents[self.final])
+        except ConfigError as exc:
+            raise ConfigError(exc.message, path=exc.path or "layers") from None
+
+    def _agent(self, name: str, spec: AgentConfig, engines: Mapping[str, Engine]) -> Agent:
+        path = f"agents.{name}"
+        if spec.engine not in engines:
+            raise ConfigError(_unknown("engine", spec.engine, engines), path=f"{path}.engine")
+        s = spec.sampling
+        _check_sampling(
+            f"{path}.sampling.", temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, n=s.n
+        )
+        sampling = SamplingParams(s.temperature, s.top_p, s.max_tokens, s.n, s.seed, s.stop)
+        common: dict[str, Any] = {"sampling": sampling, "name": name, "lora": spec.lora}
+        if spec.template is not None:
+            common["template"] = spec.template
+        engine = engines[spec.engine]
+        try:
+            if spec.role == "proposer":
+                return Proposer(engine, **common)
+            if spec.role == "aggregator":
+                return Aggregator(engine, shuffle=spec.shuffle, **common)
+            if spec.role == "sequential_aggregator":
+                return SequentialAggregator(engine, shuffle=spec.shuffle, window=spec.window or 4, **common)
+        except ConfigError as exc:
+            raise ConfigError(exc.message, path=path) from None
+        raise ConfigError(
+            f"unknown role {spec.role!r}; choose proposer, aggregator or sequential_aggregator",
+            path=f"{path}.role",
+        )
+
+
+def _unknown(what: str, name: str, known: Mapping[str, Any]) -> str:
+    return f"unknown {what} {name!r}; defined: {', '.join(known) or 'none'}"
+
+
+def _engine(name: str, spec: Mapping[str, Any], all_specs: Mapping[str, Mapping[str, Any]]) -> Engine:
+    from .engines import OpenAIEngine, VLLMEngine
+    from .testing import FakeEngine
+
+    path = f"engines.{name}"
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"an engine is a mapping with a 'type', got {type(spec).__name__}", path=path)
+    kind = spec.get("type")
+    if kind not in _ENGINE_KEYS:
+        raise ConfigError(f"unknown engine type {kind!r}; choose vllm, openai or fake", path=f"{path}.type")
+    required, optional = _ENGINE_KEYS[kind]
+    args = {k: v for k, v in spec.items() if k != "type"}
+    for key in sorted(required - set(args)):
+        raise ConfigError(f"a {kind} engine needs '{key}'", path=f"{path}.{key}")
+    if kind != "vllm":
+        for key in sorted(set(args) - required - optional):
+            raise ConfigError(f"unknown key for a {kind} engine", path=f"{path}.{key}")
+    try:
+        if kind == "vllm":
+            model = args.pop("model")
+            siblings = sum(
+                1 for s in all_specs.values() if isinstance(s, Mapping) and s.get("type") == "vllm"
+            )
+            if siblings > 1:
+                # Engines start one after another; without an explicit split the first takes the GPU.
+                args.setdefault("gpu_memory_utilization", round(0.9 / siblings, 3))
+            return VLLMEngine(model, name=name, **args)
+        if kind == "openai":
+            return OpenAIEngine(name=name, **args)
+        return FakeEngine(name=name, **args)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, path=f"{path}.{exc.path}" if exc.path else path) from None
+    except TypeError as exc:
+        raise ConfigError(str(exc), path=path) from None
+
+
 def _check_sampling(prefix: str, **values: Any) -> None:
     """Validate sampling values, naming the config key of the one that is wrong."""
     try:
@@ -135,11 +300,26 @@ def _describe(exc: BaseException, kind: type[Any] | None) -> str:
     return cattrs.v.format_exception(exc, kind)
 
 
+_KEY = re.compile(r"\['([^']*)'\]")
 _PATH = re.compile(r"^(?P<message>.*) @ \$\.?(?P<path>.*)$")
+
+
+def _structure(data: Any, kind: type[T], source: str | None) -> T:
+    try:
+        return _CONVERTER.structure(data, kind)
+    except cattrs.BaseValidationError as exc:
+        problems = cattrs.transform_error(exc, path="$", format_exception=_describe)
+        first = _PATH.match(problems[0])
+        path = _KEY.sub(r".\1", first["path"]) if first else None
+        message = "; ".join(problems) if len(problems) > 1 else (first["message"] if first else problems[0])
+        raise ConfigError(_KEY.sub(r".\1", message), path=path, source=source) from None
 
 
 def parse(data: Any, *, source: str | None = None) -> Topology:
     """Build a topology from config data already read from YAML or JSON.
+
+    A mapping with ``model_name`` is the AFT reference config; one with ``engines``, ``agents``,
+    ``layers`` and ``final`` is a topology file (see :class:`TopologyConfig`).
 
     Args:
         data: The config as a mapping.
@@ -150,20 +330,18 @@ def parse(data: Any, *, source: str | None = None) -> Topology:
     """
     if not isinstance(data, Mapping):
         raise ConfigError(f"a config is a mapping of keys, got {type(data).__name__}", source=source)
-    if "model_name" not in data:
+    kind: type[AftConfig | TopologyConfig]
+    if "model_name" in data:
+        kind = AftConfig
+    elif "engines" in data or "agents" in data:
+        kind = TopologyConfig
+    else:
         raise ConfigError(
-            "missing key 'model_name' (the AFT inference config names the model to serve)",
+            "missing key 'model_name' (an AFT inference config) or 'engines' (a topology config)",
             path="model_name",
             source=source,
         )
-    try:
-        config = _CONVERTER.structure(data, AftConfig)
-    except cattrs.BaseValidationError as exc:
-        problems = cattrs.transform_error(exc, path="$", format_exception=_describe)
-        first = _PATH.match(problems[0])
-        path = first["path"] if first else None
-        message = "; ".join(problems) if len(problems) > 1 else (first["message"] if first else problems[0])
-        raise ConfigError(message, path=path, source=source) from None
+    config = _structure(data, kind, source)
     try:
         return config.topology()
     except ConfigError as exc:

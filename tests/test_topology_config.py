@@ -1,0 +1,136 @@
+"""Topology config files: named engines, agents and layers, with errors that name the key path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aftlib import Aggregator, ConfigError, Proposer, SequentialAggregator, config
+from aftlib.engines import OpenAIEngine, VLLMEngine
+from aftlib.testing import FakeEngine
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
+
+pytestmark = pytest.mark.anyio
+
+TOPOLOGY = {
+    "engines": {
+        "a": {"type": "fake"},
+        "b": {"type": "fake", "latency": 0.0},
+        "api": {"type": "openai", "model": "m", "base_url": ["http://x.test/v1", "http://y.test/v1"]},
+    },
+    "agents": {
+        "p1": {"engine": "a", "template": "passthrough", "sampling": {"n": 2, "temperature": 0.5}},
+        "p2": {"engine": "b"},
+        "agg": {"role": "aggregator", "engine": "a", "template": "moa_aggregate", "shuffle": 1},
+        "seq": {"role": "sequential_aggregator", "engine": "b", "window": 3},
+    },
+    "layers": [["p1", "p2"], ["agg"]],
+    "final": "seq",
+}
+
+
+def test_topology_file_builds_agents_and_shared_engines() -> None:
+    """Agents get their engine, role, template and sampling; agents naming one engine share it."""
+    topology = config.parse(TOPOLOGY)
+    (p1, p2), (agg,) = (layer.agents for layer in topology.layers)
+    assert isinstance(p1, Proposer)
+    assert isinstance(agg, Aggregator)
+    assert isinstance(topology.final, SequentialAggregator)
+    assert topology.final.window == 3
+    assert (p1.sampling.n, p1.sampling.temperature, p1.template.name) == (2, 0.5, "passthrough")
+    assert p2.template.name == "aft_propose"
+    assert p1.engine is agg.engine
+    assert isinstance(p1.engine, FakeEngine)
+    assert [e.name for e in topology.engines] == ["a", "b"], "the unused engine is not started"
+
+
+async def test_a_fake_topology_runs() -> None:
+    """A topology file on fake engines runs end to end."""
+    async with config.parse(TOPOLOGY) as topology:
+        result = await topology.run("q")
+    assert len(result.layers[0].candidates) == 3
+
+
+def broken(path: tuple[str, ...], value: object) -> dict[str, object]:
+    data = json.loads(json.dumps(TOPOLOGY))
+    target = data
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "where", "message"),
+    [
+        (("agents", "p2", "engine"), "nope", "agents.p2.engine", "unknown engine 'nope'; defined: a, b, api"),
+        (("layers",), [["p1"], []], "layers[1]", "a layer with no agents"),
+        (("layers",), [["p1", "ghost"]], "layers[0][1]", "unknown agent 'ghost'"),
+        (("final",), "ghost", "final", "unknown agent 'ghost'"),
+        (("agents", "p1", "role"), "critic", "agents.p1.role", "unknown role 'critic'"),
+        (("agents", "p1", "sampling", "n"), 0, "agents.p1.sampling.n", "at least 1"),
+        (("agents", "p1", "sampling", "top_k"), 5, "agents.p1.sampling", "top_k"),
+        (("engines", "a", "type"), "tgi", "engines.a.type", "unknown engine type 'tgi'"),
+        (("engines", "api", "base_url"), KeyError, "engines.api.base_url", "needs 'base_url'"),
+        (("engines", "api", "api_kee"), "X", "engines.api.api_kee", "unknown key for a openai engine"),
+        (("layers",), [["agg"]], "layers", "aggregator in the first layer"),
+        (("agents", "p1", "template"), "nope", "agents.p1", "template 'nope' not found"),
+    ],
+)
+def test_errors_name_the_key_path(path: tuple[str, ...], value: object, where: str, message: str) -> None:
+    """Undefined names, empty layers, unknown keys and bad values: ConfigError with the key path."""
+    with pytest.raises(ConfigError, match=message) as info:
+        config.parse(broken(path, value), source="topology.yaml")
+    assert info.value.path is not None
+    assert info.value.path.startswith(where)
+    assert str(info.value).startswith("topology.yaml: ")
+
+
+def test_example_configs_load() -> None:
+    """Every config in examples/configs builds (engines are not started)."""
+    files = sorted(EXAMPLES.glob("*.yaml"))
+    assert len(files) >= 5
+    for file in files:
+        topology = config.load(file)
+        assert topology.generations_per_query >= 2, file.name
+    moa = config.load(EXAMPLES / "moa.yaml")
+    kinds = {type(e) for e in moa.engines}
+    assert kinds == {VLLMEngine, OpenAIEngine}
+    shares = [e.engine_args["gpu_memory_utilization"] for e in moa.engines if isinstance(e, VLLMEngine)]
+    assert shares == [0.45, 0.45], "two vLLM engines split the GPU explicitly"
+
+
+def test_cli_dry_run_on_a_fake_topology(tmp_path: Path) -> None:
+    """`aftlib run` with a fake-engine topology file runs a dataset without any model."""
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(5)))
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aftlib",
+            "run",
+            "--config",
+            EXAMPLES / "dry_run.yaml",
+            "--input",
+            source,
+            "--output",
+            out,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == [1, 2, 3, 4, 5]
+    assert "5 done" in done.stderr
