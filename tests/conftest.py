@@ -6,7 +6,14 @@ bound to the loop it was created on, serves every integration test. It starts on
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,13 +67,27 @@ def tiny_model() -> Path:
 
 
 @pytest.fixture(scope="session")
-async def vllm_engine(tiny_model: Path) -> AsyncIterator[VLLMEngine]:
-    """One real vLLM engine (CPU build) on the tiny model, started once per test session."""
+def tiny_adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two random LoRA adapters for the tiny model, made with peft."""
+    from aftlib.testing import build_tiny_adapter
+
+    folder = tmp_path_factory.mktemp("adapters")
+    return {
+        name: str(build_tiny_adapter(tiny_model, folder / name, seed=seed))
+        for seed, name in enumerate(["terse", "verbose"])
+    }
+
+
+@pytest.fixture(scope="session")
+async def vllm_engine(tiny_model: Path, tiny_adapters: dict[str, str]) -> AsyncIterator[VLLMEngine]:
+    """One real vLLM engine (CPU build) on the tiny model, serving two LoRA adapters, started once."""
     if not _vllm_available():
         pytest.fail("vLLM is not installed: pip install -e '.[cpu,dev]'")
     engine = VLLMEngine(
         str(tiny_model),
         name="tiny",
+        lora_adapters=tiny_adapters,
+        max_lora_rank=8,
         max_model_len=2048,
         kv_cache_memory_bytes=1 << 30,
         enforce_eager=True,
@@ -74,3 +95,77 @@ async def vllm_engine(tiny_model: Path) -> AsyncIterator[VLLMEngine]:
     )
     async with engine:
         yield engine
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny model, different in width and weights, for mixes of several models."""
+    from aftlib.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-wide", seed=7, hidden_size=192)
+
+
+@pytest.fixture(scope="session")
+def openai_server(tiny_model: Path) -> Iterator[str]:
+    """A real vLLM OpenAI-compatible server on a loopback port, serving the tiny model as 'tiny-served'."""
+    port = _free_port()
+    log = open(tiny_model.parent / f"server-{port}.log", "w")  # noqa: SIM115 - closed below
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(tiny_model),
+        "--served-model-name",
+        "tiny-served",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--enforce-eager",
+        "--max-model-len",
+        "2048",
+        "--kv-cache-memory-bytes",
+        str(1 << 30),
+    ]
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"the vLLM server exited: see {log.name}")
+            try:
+                with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the vLLM server did not start in 300 s: see {log.name}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """The CLI configures structlog for its process; undo that after each test."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()

@@ -71,6 +71,11 @@ class Agent:
                 f"agent {self.name!r}: sampling must be aftlib.SamplingParams, "
                 f"got {type(self.sampling).__name__}"
             )
+        if self.lora is not None:
+            try:
+                self.engine.check_adapter(self.lora)
+            except ConfigError as exc:
+                raise ConfigError(f"agent {self.name!r}: {exc.message}", path="lora") from None
 
     def prepare(
         self, conversation: Sequence[Message], references: Sequence[str]

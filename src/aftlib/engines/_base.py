@@ -10,6 +10,7 @@ from types import TracebackType
 import anyio.abc
 from attrs import define, field
 
+from .._errors import ConfigError
 from .._types import ChatRequest, Completion, Delta, Message
 
 __all__ = ("Engine", "StreamItem", "collect")
@@ -67,6 +68,10 @@ class Engine(anyio.abc.AsyncResource):
     def detokenize(self, tokens: Sequence[int]) -> str:
         """Text of token ids (the inverse of :meth:`text_tokens`)."""
         raise NotImplementedError(f"{type(self).__name__} cannot detokenize")
+
+    def check_adapter(self, name: str) -> None:
+        """Raise :class:`~aftlib.ConfigError` unless this engine serves the LoRA adapter ``name``."""
+        raise ConfigError(f"engine {self.name!r} serves no LoRA adapters; an agent asks for {name!r}")
 
     async def start(self) -> None:
         """Acquire what the engine needs (load a model, open a connection). Called once."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -56,6 +56,8 @@ class VLLMEngine(Engine):
         model: A model folder, or a model name that vLLM resolves (set ``HF_HUB_OFFLINE=1`` to make sure
             nothing is downloaded).
         name: A label for logs and results; the model by default.
+        lora_adapters: LoRA adapters to serve on this base model, ``{name: adapter folder}``; agents
+            pick one by name (``Proposer(engine, lora="name")``). Turns on ``enable_lora``.
         **engine_args: Passed to vLLM's ``AsyncEngineArgs`` unchanged: ``dtype``, ``max_model_len``,
             ``gpu_memory_utilization``, ``kv_cache_memory_bytes``, ``tensor_parallel_size``, ``seed``,
             ``enforce_eager``, ``enable_lora``, ... On a machine without a GPU, when neither
@@ -68,14 +70,32 @@ class VLLMEngine(Engine):
 
     model: str
     engine_args: dict[str, Any]
+    lora_adapters: dict[str, str] = field(factory=dict)
     _llm: Any = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
     _max_model_len: int = field(default=0, repr=False)
 
-    def __init__(self, model: str, *, name: str | None = None, **engine_args: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        name: str | None = None,
+        lora_adapters: Mapping[str, str] | None = None,
+        **engine_args: Any,
+    ) -> None:
         if not isinstance(model, str) or not model:
             raise ConfigError(f"model must be a non-empty string, got {model!r}", path="model")
-        self.__attrs_init__(model=model, engine_args=engine_args, name=name or model)
+        adapters = dict(lora_adapters or {})
+        if adapters:
+            engine_args.setdefault("enable_lora", True)
+            engine_args.setdefault("max_loras", len(adapters))
+        self.__attrs_init__(model=model, engine_args=engine_args, lora_adapters=adapters, name=name or model)
+
+    def check_adapter(self, name: str) -> None:
+        """Raise :class:`~aftlib.ConfigError` unless ``name`` is one of :attr:`lora_adapters`."""
+        if name not in self.lora_adapters:
+            known = ", ".join(self.lora_adapters) or "none (pass lora_adapters={name: path})"
+            raise ConfigError(f"engine {self.name!r} has no LoRA adapter {name!r}; it has {known}")
 
     @property
     def llm(self) -> Any:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from ._adapter import build_tiny_adapter
 from ._fake import FakeEngine, Handler
 from ._tiny import build_tiny_model, tiny_model_path
 
-__all__ = ("FakeEngine", "Handler", "build_tiny_model", "tiny_model_path")
+__all__ = ("FakeEngine", "Handler", "build_tiny_adapter", "build_tiny_model", "tiny_model_path")

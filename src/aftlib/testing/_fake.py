@@ -63,6 +63,9 @@ class FakeEngine(Engine):
     _vocab: dict[str, int] = field(factory=dict, init=False, repr=False)
     _words: list[str] = field(factory=list, init=False, repr=False)
 
+    def check_adapter(self, name: str) -> None:
+        """A fake engine accepts any LoRA adapter name (and records it on the request)."""
+
     def count_tokens(self, messages: Sequence[Message]) -> int:
         """Whitespace-separated words of every message, plus 4 per message for the chat format."""
         return sum(len(m.content.split()) + 4 for m in messages)
