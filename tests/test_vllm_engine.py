@@ -18,7 +18,7 @@ from aftlib import (
     TokenDelta,
     presets,
 )
-from aftlib.engines import VLLMEngine
+from aftlib.engines import VLLMEngine, collect
 
 from .conftest import TWO_TURNS, reference_aggregation_system
 
@@ -111,6 +111,24 @@ async def test_cancelling_a_run_leaves_no_request_in_the_engine(vllm_engine: VLL
     assert scope.cancelled_caught
     assert deltas >= 20
     assert vllm_engine.llm.get_num_unfinished_requests() == 0
+
+
+async def test_cancelling_a_run_without_callbacks_aborts_too(vllm_engine: VLLMEngine) -> None:
+    """Without on_event the engine does not stream tokens; cancelling still aborts every request."""
+    topology = presets.aft(vllm_engine, n=3, num_aggregation=2, max_tokens=1500)
+    with anyio.move_on_after(1.5) as scope:
+        await topology.run(TWO_TURNS)
+    assert scope.cancelled_caught
+    assert vllm_engine.llm.get_num_unfinished_requests() == 0
+
+
+async def test_streamed_and_unstreamed_generation_agree(vllm_engine: VLLMEngine) -> None:
+    """generate() (final outputs only) and stream() (token deltas) give the same seeded samples."""
+    request = ChatRequest([Message("user", "same")], SamplingParams(n=2, max_tokens=10, seed=21))
+    whole = await vllm_engine.generate(request)
+    streamed = await collect(vllm_engine.stream(request))
+    assert whole.samples == streamed.samples
+    assert whole.usage.completion_tokens == streamed.usage.completion_tokens
 
 
 async def test_closing_a_stream_aborts_the_request(vllm_engine: VLLMEngine) -> None:

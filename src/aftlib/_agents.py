@@ -115,13 +115,16 @@ class Agent:
             )
         log.debug("request", n=request.sampling.n, references=len(references))
         completion: Completion | None = None
-        async with aclosing(self.engine.stream(request)) as stream:
-            async for item in stream:
-                if isinstance(item, Delta):
-                    if emit is not None and item.text:
-                        await emit(TokenDelta(layer, self.name, item.index, item.text, is_answer))
-                else:
-                    completion = item
+        if emit is None:  # no one watches the tokens: let the engine skip streaming them
+            completion = await self.engine.generate(request)
+        else:
+            async with aclosing(self.engine.stream(request)) as stream:
+                async for item in stream:
+                    if isinstance(item, Delta):
+                        if item.text:
+                            await emit(TokenDelta(layer, self.name, item.index, item.text, is_answer))
+                    else:
+                        completion = item
         if completion is None:
             raise RuntimeError(f"engine {self.engine.name!r} ended a stream without a completion")
         candidates = tuple(

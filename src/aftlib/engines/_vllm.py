@@ -14,7 +14,7 @@ from attrs import define, field
 from .._errors import ConfigError, ContextLengthError, EngineError
 from .._logging import get_logger
 from .._types import ChatRequest, Completion, Delta, Message, Sample, Usage
-from ._base import Engine, StreamItem, collect
+from ._base import Engine, StreamItem
 
 __all__ = ("VLLMEngine",)
 
@@ -74,6 +74,7 @@ class VLLMEngine(Engine):
     _llm: Any = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
     _max_model_len: int = field(default=0, repr=False)
+    _last_render: tuple[tuple[Message, ...], list[int]] | None = field(default=None, repr=False)
 
     def __init__(
         self,
@@ -144,7 +145,8 @@ class VLLMEngine(Engine):
         """Shut the engine down and free its memory."""
         llm, self._llm = self._llm, None
         if llm is not None:
-            llm.shutdown()
+            # Shutting down waits for the engine's processes to exit; keep the event loop free meanwhile.
+            await anyio.to_thread.run_sync(llm.shutdown)
             # AsyncLLM.__del__ shuts down a second time, which fails noisily once the interpreter is
             # exiting; the engine is already down, so make that second call a no-op.
             llm.shutdown = lambda *args, **kwargs: None
@@ -154,11 +156,17 @@ class VLLMEngine(Engine):
         return self._render(request.messages)
 
     def _render(self, messages: Sequence[Message]) -> list[int]:
+        # An agent counts its prompt's tokens (to fit the context) right before sending it: keep the
+        # last rendering so the prompt is not rendered and tokenized twice.
+        key = tuple(messages)
+        if self._last_render is not None and self._last_render[0] == key:
+            return list(self._last_render[1])
         text = self.tokenizer.apply_chat_template(
             [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
         )
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
-        return ids
+        self._last_render = (key, ids)
+        return list(ids)
 
     @property
     def context_window(self) -> int | None:
@@ -179,7 +187,7 @@ class VLLMEngine(Engine):
         text: str = self.tokenizer.decode(list(tokens))
         return text
 
-    def _sampling_params(self, request: ChatRequest, prompt_len: int) -> Any:
+    def _sampling_params(self, request: ChatRequest, prompt_len: int, *, streaming: bool) -> Any:
         vllm = _import_vllm()
         room = self._max_model_len - prompt_len
         if room < 1:
@@ -189,6 +197,7 @@ class VLLMEngine(Engine):
             )
         s = request.sampling
         eos = self.tokenizer.eos_token_id
+        kinds = vllm.sampling_params.RequestOutputKind
         return vllm.SamplingParams(
             n=s.n,
             temperature=s.temperature,
@@ -197,7 +206,7 @@ class VLLMEngine(Engine):
             seed=s.seed,
             stop=list(s.stop) or None,
             stop_token_ids=[eos] if eos is not None else None,
-            output_kind=vllm.sampling_params.RequestOutputKind.DELTA,
+            output_kind=kinds.DELTA if streaming else kinds.FINAL_ONLY,
         )
 
     def _lora_request(self, name: str | None) -> Any:
@@ -206,14 +215,37 @@ class VLLMEngine(Engine):
         raise ConfigError(f"engine {self.name!r} serves no LoRA adapters; request asked for {name!r}")
 
     async def generate(self, request: ChatRequest) -> Completion:
-        """Generate ``request.sampling.n`` samples in one engine request."""
-        return await collect(self.stream(request))
+        """Generate ``request.sampling.n`` samples in one engine request, without streaming.
+
+        vLLM returns only the finished samples, which spares this process the work of every token:
+        what a dataset run wants when no one watches the tokens.
+        """
+        llm = self.llm
+        prompt_ids = self.prompt_token_ids(request)
+        params = self._sampling_params(request, len(prompt_ids), streaming=False)
+        lora = self._lora_request(request.lora)
+        final = None
+        outputs = llm.generate({"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex, lora_request=lora)
+        try:
+            async with aclosing(outputs):
+                async for output in outputs:
+                    final = output
+        except Exception as exc:
+            raise EngineError(f"engine {self.name!r} failed: {exc!r}") from exc
+        if final is None:
+            raise EngineError(f"engine {self.name!r} returned no output")
+        samples = tuple(
+            Sample(o.index, o.text, o.finish_reason, len(o.token_ids))
+            for o in sorted(final.outputs, key=lambda o: o.index)
+        )
+        completion_tokens = sum(s.completion_tokens for s in samples)
+        return Completion(samples, Usage(len(prompt_ids), completion_tokens, final.num_cached_tokens or 0, 1))
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         """Generate and yield text deltas as vLLM produces them, then the completion."""
         llm = self.llm
         prompt_ids = self.prompt_token_ids(request)
-        params = self._sampling_params(request, len(prompt_ids))
+        params = self._sampling_params(request, len(prompt_ids), streaming=True)
         lora = self._lora_request(request.lora)
         request_id = uuid.uuid4().hex
         texts: dict[int, list[str]] = {i: [] for i in range(request.sampling.n)}
