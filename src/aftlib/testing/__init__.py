@@ -1,9 +1,19 @@
-"""Helpers for testing code built on aftlib: a scripted engine and a tiny model that vLLM runs on CPU."""
+"""Helpers for testing code built on aftlib: a scripted engine, a tiny model (and LoRA adapters) that
+vLLM runs on CPU, and a loopback vLLM OpenAI-compatible server.
+"""
 
 from __future__ import annotations
 
 from ._adapter import build_tiny_adapter
 from ._fake import FakeEngine, Handler
+from ._server import vllm_server
 from ._tiny import build_tiny_model, tiny_model_path
 
-__all__ = ("FakeEngine", "Handler", "build_tiny_adapter", "build_tiny_model", "tiny_model_path")
+__all__ = (
+    "FakeEngine",
+    "Handler",
+    "build_tiny_adapter",
+    "build_tiny_model",
+    "tiny_model_path",
+    "vllm_server",
+)
