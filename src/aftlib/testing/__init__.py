@@ -1,5 +1,7 @@
-"""Helpers for testing code built on aftlib: a scripted engine, a tiny model (and LoRA adapters) that
-vLLM runs on CPU, and a loopback vLLM OpenAI-compatible server.
+"""Helpers for testing code built on aftlib.
+
+A scripted engine, a tiny model (and LoRA adapters) that vLLM runs on CPU, and a loopback vLLM
+OpenAI-compatible server.
 """
 
 from __future__ import annotations
