@@ -12,7 +12,7 @@ from attrs import define, field
 
 from .._errors import AftError, EngineError
 from .._types import ChatRequest, Completion, Delta, Message, Sample, Usage
-from ..engines._base import Engine, StreamItem, collect
+from ..engines._base import Engine, StreamItem
 
 __all__ = ("FakeEngine", "Handler")
 
@@ -86,7 +86,12 @@ class FakeEngine(Engine):
 
     async def generate(self, request: ChatRequest) -> Completion:
         """Answer ``request`` with ``request.sampling.n`` samples."""
-        return await collect(self.stream(request))
+        self.requests.append(request)
+        if self.latency:
+            await anyio.sleep(self.latency)
+        else:
+            await anyio.lowlevel.checkpoint()
+        return self._completion(request, [await self._text(request, i) for i in range(request.sampling.n)])
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         """Answer ``request``, yielding its samples' words in turn, then the completion."""
@@ -100,12 +105,13 @@ class FakeEngine(Engine):
                 if step < len(words):
                     yield Delta(index, words[step])
             await anyio.lowlevel.checkpoint()
+        yield self._completion(request, texts)
+
+    @staticmethod
+    def _completion(request: ChatRequest, texts: list[str]) -> Completion:
         samples = tuple(Sample(i, t, "stop", _count_tokens(t)) for i, t in enumerate(texts))
         prompt_tokens = sum(_count_tokens(m.content) for m in request.messages)
-        yield Completion(
-            samples,
-            Usage(prompt_tokens, sum(s.completion_tokens for s in samples), 0, 1),
-        )
+        return Completion(samples, Usage(prompt_tokens, sum(s.completion_tokens for s in samples), 0, 1))
 
     async def _text(self, request: ChatRequest, index: int) -> str:
         if self.handler is None:
