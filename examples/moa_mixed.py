@@ -78,6 +78,8 @@ def vllm_server(model: str, served_name: str) -> Iterator[tuple[subprocess.Popen
         "2048",
         "--kv-cache-memory-bytes",
         str(1 << 30),
+        "--seed",
+        "2",
     ]
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -151,8 +153,10 @@ def main() -> None:
     path = tiny_model_path()  # built into the cache on first use
     wide_path = build_tiny_model(path.parent / "tiny-wide", seed=7, hidden_size=192)  # built once too
     common = {"max_model_len": 2048, "enforce_eager": True}  # on CPU each gets a 1 GiB KV cache
-    tiny = VLLMEngine(str(path), name="tiny", **common)
-    wide = VLLMEngine(str(wide_path), name="tiny-wide", **common)
+    # A seed per engine (the server gets 2): random-weight models predict nearly uniform distributions,
+    # so engines sharing a seed would sample nearly the same tokens from the same prompt.
+    tiny = VLLMEngine(str(path), name="tiny", seed=0, **common)
+    wide = VLLMEngine(str(wide_path), name="tiny-wide", seed=1, **common)
 
     if args.base_url is not None:
         remote = OpenAIEngine(args.served_model, args.base_url, name="server")

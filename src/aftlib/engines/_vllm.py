@@ -212,7 +212,11 @@ class VLLMEngine(Engine):
     def _lora_request(self, name: str | None) -> Any:
         if name is None:
             return None
-        raise ConfigError(f"engine {self.name!r} serves no LoRA adapters; request asked for {name!r}")
+        self.check_adapter(name)
+        from vllm.lora.request import LoRARequest
+
+        number = list(self.lora_adapters).index(name) + 1
+        return LoRARequest(name, number, self.lora_adapters[name])
 
     async def generate(self, request: ChatRequest) -> Completion:
         """Generate ``request.sampling.n`` samples in one engine request, without streaming.
