@@ -35,7 +35,7 @@ from contextlib import contextmanager
 import anyio
 import anyio.to_thread
 
-from aftlib import presets
+from aftlib import AftError, presets
 from aftlib.engines import Engine, OpenAIEngine, VLLMEngine
 from aftlib.testing import build_tiny_model, tiny_model_path
 
@@ -119,12 +119,18 @@ async def wait_until_ready(server: subprocess.Popen[bytes], url: str, log: str) 
 async def run(engines: list[Engine], ready: tuple[subprocess.Popen[bytes], str, str] | None) -> None:
     tiny, wide, remote = engines
     topology = presets.moa([tiny, wide, remote], tiny, layers=3, max_tokens=24)
-    # Load the in-process models while the server starts; then check that the server answers.
-    async with tiny, wide:
-        if ready is not None:
-            await wait_until_ready(*ready)
-        async with remote:  # asks the server for its models: a wrong URL or model fails here
+    # Starting the OpenAI engine asks the server for its models: a wrong URL or model fails there.
+    if ready is None:
+        # A server you named: check it first, then load the in-process models (entering an engine
+        # again only counts the entry, so the topology starts the other two).
+        async with remote, topology:
             result = await topology.run(QUESTION)
+    else:
+        # Load the in-process models while the server starts; then wait until it answers.
+        async with tiny, wide:
+            await wait_until_ready(*ready)
+            async with topology:
+                result = await topology.run(QUESTION)
 
     engine_of = {f"proposer{i + 1}": e.name for i, e in enumerate(engines)}
     for layer in result.layers:
@@ -158,14 +164,17 @@ def main() -> None:
     tiny = VLLMEngine(str(path), name="tiny", seed=0, **common)
     wide = VLLMEngine(str(wide_path), name="tiny-wide", seed=1, **common)
 
-    if args.base_url is not None:
-        remote = OpenAIEngine(args.served_model, args.base_url, name="server")
-        anyio.run(run, [tiny, wide, remote], None)
-        return
-    print("starting a vLLM server and two in-process engines (a few minutes on a small CPU machine)")
-    with vllm_server(str(path), SERVED_NAME) as (server, url, log):
-        remote = OpenAIEngine(SERVED_NAME, url, name="server")
-        anyio.run(run, [tiny, wide, remote], (server, url, log))
+    try:
+        if args.base_url is not None:
+            remote = OpenAIEngine(args.served_model, args.base_url, name="server")
+            anyio.run(run, [tiny, wide, remote], None)
+            return
+        print("starting a vLLM server and two in-process engines (a few minutes on a small CPU machine)")
+        with vllm_server(str(path), SERVED_NAME) as (server, url, log):
+            remote = OpenAIEngine(SERVED_NAME, url, name="server")
+            anyio.run(run, [tiny, wide, remote], (server, url, log))
+    except AftError as exc:  # a server that cannot be reached, a model it does not serve, ...
+        raise SystemExit(f"{type(exc).__name__}: {exc}") from None
 
 
 # vLLM starts its engines in new processes, which import this file again: run only as a script.
