@@ -105,3 +105,33 @@ def test_moa_bad_parameters() -> None:
         presets.moa([FakeEngine()], FakeEngine(), layers=1)
     with pytest.raises(ConfigError, match="window must be at least 2"):
         presets.self_moa_seq(FakeEngine(), 4, 1)
+
+
+def test_generations_per_query_counts_every_window() -> None:
+    """Self-MoA-Seq with k=6, window=3 generates 6 drafts and 3 window aggregations."""
+    assert presets.self_moa_seq(FakeEngine(), 6, 3).generations_per_query == 9
+    assert presets.self_moa_seq(FakeEngine(), 3, 3).generations_per_query == 4
+    assert presets.self_moa(FakeEngine(), 6).generations_per_query == 7
+
+
+async def test_sequential_shuffle_orders_the_drafts_once() -> None:
+    """With shuffle, the drafts are permuted once; the running synthesis always comes first."""
+    from aftlib import SequentialAggregator, Topology
+
+    def handler(request: ChatRequest, index: int) -> str:
+        return f"d{index}" if request.sampling.n == 6 else "SYN"
+
+    engine = FakeEngine(handler=handler)
+    final = SequentialAggregator(engine, template="moa_aggregate", window=3, shuffle=5)
+    drafts = presets.self_moa(engine, 6).layers[0]
+    await Topology([drafts], final).run(CONVERSATION)
+    seen = []
+    for request in engine.requests[1:]:
+        listed = [
+            line.split(". ", 1)[1] for line in request.messages[0].content.split("models:\n")[1].splitlines()
+        ]
+        seen.append(listed)
+    assert [row[0] == "SYN" for row in seen] == [False, True, True]
+    drafts_read = [d for row in seen for d in row if d != "SYN"]
+    assert sorted(drafts_read) == [f"d{i}" for i in range(6)]
+    assert drafts_read != [f"d{i}" for i in range(6)]

@@ -80,9 +80,17 @@ def broken(path: tuple[str, ...], value: object) -> dict[str, object]:
         (("agents", "p1", "sampling", "top_k"), 5, "agents.p1.sampling", "top_k"),
         (("engines", "a", "type"), "tgi", "engines.a.type", "unknown engine type 'tgi'"),
         (("engines", "api", "base_url"), KeyError, "engines.api.base_url", "needs 'base_url'"),
-        (("engines", "api", "api_kee"), "X", "engines.api.api_kee", "unknown key for a openai engine"),
+        (
+            ("engines", "api", "api_kee"),
+            "X",
+            "engines.api.api_kee",
+            "unknown key for an engine of type openai",
+        ),
         (("layers",), [["agg"]], "layers", "aggregator in the first layer"),
         (("agents", "p1", "template"), "nope", "agents.p1", "template 'nope' not found"),
+        (("agents", "seq", "window"), 0, "agents.seq", "window must be at least 2"),
+        (("agents", "seq", "window"), KeyError, "agents.seq.window", "only with, role sequential_aggregator"),
+        (("agents", "p1", "shuffle"), 3, "agents.p1.shuffle", "a proposer reads no references"),
     ],
 )
 def test_errors_name_the_key_path(path: tuple[str, ...], value: object, where: str, message: str) -> None:
@@ -92,6 +100,31 @@ def test_errors_name_the_key_path(path: tuple[str, ...], value: object, where: s
     assert info.value.path is not None
     assert info.value.path.startswith(where)
     assert str(info.value).startswith("topology.yaml: ")
+
+
+def test_an_adapter_the_engine_cannot_serve_names_the_lora_key() -> None:
+    """LoRA on an engine that serves no adapters fails while the config is read, at agents.NAME.lora."""
+    data = broken(("agents", "p1", "engine"), "api")
+    data["agents"]["p1"]["lora"] = "style"  # type: ignore[index]
+    with pytest.raises(ConfigError, match="engine 'api' serves no LoRA adapters") as info:
+        config.parse(data)
+    assert info.value.path == "agents.p1.lora"
+
+
+def test_explicit_gpu_shares_are_respected() -> None:
+    """Several vLLM engines: what none claims explicitly (of 0.9) is split among the others."""
+    engines = {
+        "a": {"type": "vllm", "model": "x", "gpu_memory_utilization": 0.5},
+        "b": {"type": "vllm", "model": "y"},
+        "c": {"type": "vllm", "model": "z"},
+    }
+    agents = {n: {"engine": n} for n in engines} | {"f": {"role": "aggregator", "engine": "a"}}
+    topology = config.parse({"engines": engines, "agents": agents, "layers": [["a", "b", "c"]], "final": "f"})
+    shares = [e.engine_args["gpu_memory_utilization"] for e in topology.engines]  # type: ignore[attr-defined]
+    assert shares == [0.5, 0.2, 0.2]
+    engines["a"]["gpu_memory_utilization"] = 0.88
+    with pytest.raises(ConfigError, match="leaving too little"):
+        config.parse({"engines": engines, "agents": agents, "layers": [["a", "b", "c"]], "final": "f"})
 
 
 def test_example_configs_load() -> None:

@@ -77,6 +77,10 @@ class Agent:
             except ConfigError as exc:
                 raise ConfigError(f"agent {self.name!r}: {exc.message}", path="lora") from None
 
+    def generations(self, references: int) -> int:
+        """Samples this agent generates when it reads ``references`` references."""
+        return self.sampling.n
+
     def prepare(
         self, conversation: Sequence[Message], references: Sequence[str]
     ) -> tuple[ChatRequest, tuple[Cut, ...]]:
@@ -171,22 +175,25 @@ class Aggregator(Agent):
     """
 
     reads_references: ClassVar[bool] = True
+    template: PromptTemplate = field(
+        factory=lambda: PromptTemplate("aft_aggregate"), converter=as_template, kw_only=True
+    )
+    name: str = field(default="aggregator", kw_only=True)
     shuffle: int | None = field(default=None, kw_only=True)
 
     def prepare(
         self, conversation: Sequence[Message], references: Sequence[str]
     ) -> tuple[ChatRequest, tuple[Cut, ...]]:
         """Like :meth:`Agent.prepare`, with the references shuffled first if :attr:`shuffle` is set."""
+        return super().prepare(conversation, self.order(conversation, references))
+
+    def order(self, conversation: Sequence[Message], references: Sequence[str]) -> list[str]:
+        """The references in the order this aggregator reads them (shuffled per conversation if asked)."""
+        ordered = list(references)
         if self.shuffle is not None:
             key = hashlib.sha256(repr((self.shuffle, [m.content for m in conversation])).encode()).digest()
-            references = list(references)
-            random.Random(key).shuffle(references)
-        return super().prepare(conversation, references)
-
-    template: PromptTemplate = field(
-        factory=lambda: PromptTemplate("aft_aggregate"), converter=as_template, kw_only=True
-    )
-    name: str = field(default="aggregator", kw_only=True)
+            random.Random(key).shuffle(ordered)
+        return ordered
 
 
 @define(eq=False)
@@ -203,6 +210,16 @@ class SequentialAggregator(Aggregator):
     """
 
     window: int = field(default=4, kw_only=True)
+
+    def prepare(
+        self, conversation: Sequence[Message], references: Sequence[str]
+    ) -> tuple[ChatRequest, tuple[Cut, ...]]:
+        """One window's request: the references as given (already ordered by :meth:`run`)."""
+        return Agent.prepare(self, conversation, references)
+
+    def generations(self, references: int) -> int:
+        """Samples generated over ``references`` references: one per window."""
+        return 1 + -(-max(references - self.window, 0) // (self.window - 1))
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -223,7 +240,7 @@ class SequentialAggregator(Aggregator):
         is_answer: bool = False,
     ) -> tuple[tuple[Candidate, ...], Completion]:
         """Aggregate window by window; only the last request's deltas can be answer deltas."""
-        remaining = list(references)
+        remaining = self.order(conversation, references)  # shuffled once, not window by window
         synthesis: str | None = None
         usage = Usage()
         while True:

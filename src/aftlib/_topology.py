@@ -140,7 +140,12 @@ class Topology:
     @property
     def generations_per_query(self) -> int:
         """How many samples one run generates."""
-        return sum(a.sampling.n for a in self.agents)
+        total, references = 0, 0
+        for layer in self.layers:
+            counts = [agent.generations(references) for agent in layer.agents]
+            total += sum(counts)
+            references = sum(agent.sampling.n for agent in layer.agents)
+        return total + self.final.generations(references)
 
     async def __aenter__(self) -> Topology:
         async with AsyncExitStack() as stack:

@@ -201,19 +201,45 @@ class TopologyConfig:
         if spec.template is not None:
             common["template"] = spec.template
         engine = engines[spec.engine]
+        roles = ("proposer", "aggregator", "sequential_aggregator")
+        if spec.role not in roles:
+            raise ConfigError(f"unknown role {spec.role!r}; choose {', '.join(roles)}", path=f"{path}.role")
+        if spec.shuffle is not None and spec.role == "proposer":
+            raise ConfigError("a proposer reads no references to shuffle", path=f"{path}.shuffle")
+        if (spec.window is not None) != (spec.role == "sequential_aggregator"):
+            raise ConfigError(
+                "'window' goes with, and only with, role sequential_aggregator", path=f"{path}.window"
+            )
         try:
             if spec.role == "proposer":
                 return Proposer(engine, **common)
             if spec.role == "aggregator":
                 return Aggregator(engine, shuffle=spec.shuffle, **common)
-            if spec.role == "sequential_aggregator":
-                return SequentialAggregator(engine, shuffle=spec.shuffle, window=spec.window or 4, **common)
+            assert spec.window is not None
+            return SequentialAggregator(engine, shuffle=spec.shuffle, window=spec.window, **common)
         except ConfigError as exc:
-            raise ConfigError(exc.message, path=path) from None
+            raise ConfigError(exc.message, path=f"{path}.{exc.path}" if exc.path else path) from None
+
+
+def _gpu_share(specs: Mapping[str, Any]) -> float | None:
+    """The GPU share of a vLLM engine that sets none, when several vLLM engines share the GPU.
+
+    Engines start one after another and each would take most of the GPU: the memory that the engines do not
+    claim explicitly (of 90 %) is split evenly among those that do not.
+    """
+    vllm = [s for s in specs.values() if isinstance(s, Mapping) and s.get("type") == "vllm"]
+    if len(vllm) < 2:
+        return None
+    claimed = sum(float(s["gpu_memory_utilization"]) for s in vllm if "gpu_memory_utilization" in s)
+    unset = sum(1 for s in vllm if "gpu_memory_utilization" not in s)
+    left = 0.9 - claimed
+    if left <= 0.05 * unset:
         raise ConfigError(
-            f"unknown role {spec.role!r}; choose proposer, aggregator or sequential_aggregator",
-            path=f"{path}.role",
+            f"the vLLM engines claim {claimed:.2f} of the GPU, leaving too little for the {unset} "
+            "that set no gpu_memory_utilization",
+            path="engines",
         )
+    return round(left / unset, 3)
 
 
 def _unknown(what: str, name: str, known: Mapping[str, Any]) -> str:
@@ -236,16 +262,14 @@ def _engine(name: str, spec: Mapping[str, Any], all_specs: Mapping[str, Mapping[
         raise ConfigError(f"a {kind} engine needs '{key}'", path=f"{path}.{key}")
     if kind != "vllm":
         for key in sorted(set(args) - required - optional):
-            raise ConfigError(f"unknown key for a {kind} engine", path=f"{path}.{key}")
+            raise ConfigError(f"unknown key for an engine of type {kind}", path=f"{path}.{key}")
     try:
         if kind == "vllm":
             model = args.pop("model")
-            siblings = sum(
-                1 for s in all_specs.values() if isinstance(s, Mapping) and s.get("type") == "vllm"
-            )
-            if siblings > 1:
-                # Engines start one after another; without an explicit split the first takes the GPU.
-                args.setdefault("gpu_memory_utilization", round(0.9 / siblings, 3))
+            if "gpu_memory_utilization" not in args:
+                share = _gpu_share(all_specs)
+                if share is not None:
+                    args["gpu_memory_utilization"] = share
             return VLLMEngine(model, name=name, **args)
         if kind == "openai":
             return OpenAIEngine(name=name, **args)

@@ -145,7 +145,11 @@ class VLLMEngine(Engine):
         """Shut the engine down and free its memory."""
         llm, self._llm = self._llm, None
         if llm is not None:
-            # Shutting down waits for the engine's processes to exit; keep the event loop free meanwhile.
+            # Stop reading the engine's outputs first: once its process is gone, the reader would log the
+            # dead engine as an error. Shutting down waits for the processes: keep the event loop free.
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None:
+                handler.cancel()
             await anyio.to_thread.run_sync(llm.shutdown)
             # AsyncLLM.__del__ shuts down a second time, which fails noisily once the interpreter is
             # exiting; the engine is already down, so make that second call a no-op.

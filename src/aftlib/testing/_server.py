@@ -85,6 +85,7 @@ def vllm_server(
                     )
                 time.sleep(1)
             yield url
+            log_path.unlink(missing_ok=True)  # kept only when something went wrong
         finally:
             if server.poll() is None:
                 os.killpg(server.pid, signal.SIGTERM)
