@@ -1,0 +1,34 @@
+"""The example scripts run as a user would run them, on CPU with the tiny model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+pytestmark = pytest.mark.vllm
+
+
+def run_example(name: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], input=stdin, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_aft_self_aggregation_example() -> None:
+    """examples/aft_self_aggregation.py streams an answer and reports 3 + 3 + 1 candidates."""
+    done = run_example("aft_self_aggregation.py")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "answer:" in done.stdout
+    assert "[3, 3] + 1 final answer" in done.stdout
+
+
+def test_streaming_chat_example_answers_each_turn() -> None:
+    """examples/streaming_chat.py keeps a two-turn conversation from stdin and answers both turns."""
+    done = run_example("streaming_chat.py", "Hello\nAnd then?\n")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("assistant>") == 2
