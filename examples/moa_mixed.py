@@ -22,115 +22,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import anyio
-import anyio.to_thread
 
 from aftlib import AftError, presets
 from aftlib.engines import Engine, OpenAIEngine, VLLMEngine
-from aftlib.testing import build_tiny_model, tiny_model_path
+from aftlib.testing import build_tiny_model, tiny_model_path, vllm_server
 
 QUESTION = "Name three colours and one thing of each colour."
 SERVED_NAME = "tiny-served"
-START_TIMEOUT = 300.0
 
 
-def free_port() -> int:
-    """A TCP port on the loopback interface that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def vllm_server(model: str, served_name: str) -> Iterator[tuple[subprocess.Popen[bytes], str, str]]:
-    """Start vLLM's OpenAI-compatible server on a loopback port; yield (process, base URL, log file).
-
-    The server runs in its own process group, which is terminated (then killed, if it lingers) on exit.
-    Its log file is removed after a clean exit and kept after an error.
-    """
-    port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="vllm-server-", suffix=".log", delete=False)  # noqa: SIM115
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        model,
-        "--served-model-name",
-        served_name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--enforce-eager",
-        "--max-model-len",
-        "2048",
-        "--kv-cache-memory-bytes",
-        str(1 << 30),
-        "--seed",
-        "2",
-    ]
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield server, f"http://127.0.0.1:{port}/v1", log.name
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-        log.close()
-    os.unlink(log.name)  # reached only without an error: otherwise the log stays for a look
-
-
-def answers(url: str) -> bool:
-    """Whether GET {url}/models answers 200."""
-    try:
-        with urllib.request.urlopen(f"{url}/models", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-async def wait_until_ready(server: subprocess.Popen[bytes], url: str, log: str) -> None:
-    """Poll the server's model list until it answers; fail if the server exits or takes too long."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while not await anyio.to_thread.run_sync(answers, url):
-        if server.poll() is not None:
-            raise SystemExit(f"the vLLM server exited with status {server.returncode}: see {log}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the vLLM server did not answer within {START_TIMEOUT:.0f} s: see {log}")
-        await anyio.sleep(1)
-
-
-async def run(engines: list[Engine], ready: tuple[subprocess.Popen[bytes], str, str] | None) -> None:
+async def run(engines: list[Engine]) -> None:
     tiny, wide, remote = engines
     topology = presets.moa([tiny, wide, remote], tiny, layers=3, max_tokens=24)
-    # Starting the OpenAI engine asks the server for its models: a wrong URL or model fails there.
-    if ready is None:
-        # A server you named: check it first, then load the in-process models (entering an engine
-        # again only counts the entry, so the topology starts the other two).
-        async with remote, topology:
-            result = await topology.run(QUESTION)
-    else:
-        # Load the in-process models while the server starts; then wait until it answers.
-        async with tiny, wide:
-            await wait_until_ready(*ready)
-            async with topology:
-                result = await topology.run(QUESTION)
+    # Starting the OpenAI engine asks the server for its models, so a wrong URL or model fails first,
+    # before the in-process models load (entering an engine again only counts the entry).
+    async with remote, topology:
+        result = await topology.run(QUESTION)
 
     engine_of = {f"proposer{i + 1}": e.name for i, e in enumerate(engines)}
     for layer in result.layers:
@@ -166,13 +75,11 @@ def main() -> None:
 
     try:
         if args.base_url is not None:
-            remote = OpenAIEngine(args.served_model, args.base_url, name="server")
-            anyio.run(run, [tiny, wide, remote], None)
+            anyio.run(run, [tiny, wide, OpenAIEngine(args.served_model, args.base_url, name="server")])
             return
-        print("starting a vLLM server and two in-process engines (a few minutes on a small CPU machine)")
-        with vllm_server(str(path), SERVED_NAME) as (server, url, log):
-            remote = OpenAIEngine(SERVED_NAME, url, name="server")
-            anyio.run(run, [tiny, wide, remote], (server, url, log))
+        print("starting a vLLM server, then two in-process engines (a few minutes on a small CPU machine)")
+        with vllm_server(path, served_model_name=SERVED_NAME, extra_args=("--seed", "2")) as url:
+            anyio.run(run, [tiny, wide, OpenAIEngine(SERVED_NAME, url, name="server")])
     except AftError as exc:  # a server that cannot be reached, a model it does not serve, ...
         raise SystemExit(f"{type(exc).__name__}: {exc}") from None
 
