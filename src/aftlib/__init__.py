@@ -24,6 +24,7 @@ from ._errors import (
     EngineTimeoutError,
     InputError,
     RateLimitError,
+    ServerError,
     TemplateError,
 )
 from ._results import (
@@ -74,6 +75,7 @@ __all__ = (
     "Sample",
     "SamplingParams",
     "SequentialAggregator",
+    "ServerError",
     "TemplateError",
     "TokenDelta",
     "Topology",

@@ -10,6 +10,7 @@ library raises on purpose. User mistakes are kept apart from runtime failures of
     └── EngineError            an engine failed at run time (the third-party error is the ``__cause__``)
         ├── EngineTimeoutError     a request took longer than allowed
         ├── RateLimitError         the server asked us to slow down
+        ├── ServerError            the server failed (5xx) or the connection dropped
         └── ContextLengthError     the prompt does not fit the model's context
 
 ``ConfigError`` and ``InputError`` are also ``ValueError`` so that code written against the standard
@@ -26,6 +27,7 @@ __all__ = (
     "EngineTimeoutError",
     "InputError",
     "RateLimitError",
+    "ServerError",
     "TemplateError",
 )
 
@@ -79,6 +81,10 @@ class EngineTimeoutError(EngineError):
 
 class RateLimitError(EngineError):
     """The engine refused a request because of a rate limit."""
+
+
+class ServerError(EngineError):
+    """The server failed (an HTTP 5xx) or could not be reached; trying again may help."""
 
 
 class ContextLengthError(EngineError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._base import Engine, StreamItem, collect
 from ._openai import OpenAIEngine
+from ._retrying import RetryingEngine
 from ._vllm import VLLMEngine
 
-__all__ = ("Engine", "OpenAIEngine", "StreamItem", "VLLMEngine", "collect")
+__all__ = ("Engine", "OpenAIEngine", "RetryingEngine", "StreamItem", "VLLMEngine", "collect")

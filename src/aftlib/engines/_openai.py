@@ -12,7 +12,14 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from attrs import define, field
 
-from .._errors import ConfigError, ContextLengthError, EngineError, EngineTimeoutError, RateLimitError
+from .._errors import (
+    ConfigError,
+    ContextLengthError,
+    EngineError,
+    EngineTimeoutError,
+    RateLimitError,
+    ServerError,
+)
 from .._logging import get_logger
 from .._types import ChatRequest, Completion, Delta, Sample, SamplingParams, Usage
 from .._util import unwrap_group
@@ -141,7 +148,7 @@ class OpenAIEngine(Engine):
         if isinstance(exc, openai.APITimeoutError):
             return EngineTimeoutError(f"{where}: no answer within {self.timeout:g}s")
         if isinstance(exc, openai.APIConnectionError):
-            return EngineError(f"{where}: cannot reach the server: {exc.__cause__ or exc}")
+            return ServerError(f"{where}: cannot reach the server: {exc.__cause__ or exc}")
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             source = f"the key in ${self.api_key_env}" if self.api_key_env else "no API key"
             return EngineError(f"{where}: the server refused {source} (HTTP {exc.status_code})")
@@ -153,7 +160,8 @@ class OpenAIEngine(Engine):
                 return ContextLengthError(f"{where}: {exc.message}")
             return EngineError(f"{where}: bad request: {exc.message}")
         if isinstance(exc, openai.APIStatusError):
-            return EngineError(f"{where}: HTTP {exc.status_code}: {exc.message}")
+            kind = ServerError if exc.status_code >= 500 else EngineError
+            return kind(f"{where}: HTTP {exc.status_code}: {exc.message}")
         return EngineError(f"{where}: {exc!r}")
 
     def _client(self) -> tuple[str, Any]:
