@@ -22,6 +22,8 @@ from . import config
 from ._errors import AftError, ConfigError, InputError
 from ._runner import FORMATS, Progress, Runner, RunSummary, progress_path
 from ._topology import Topology
+from .finetune import _data_cli as data_cli
+from .finetune import _train_cli as train_cli
 
 __all__ = ("main",)
 
@@ -51,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--trace", action="store_true", help="write every layer's candidates")
         sub.add_argument("--strict", action="store_true", help="check the whole input before generating")
         sub.add_argument("--log-json", action="store_true", help="log JSON lines to standard error")
+    data_cli.add_parser(commands)
+    train_cli.add_parser(commands)
     return parser
 
 
@@ -149,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 some records failed, 2 bad usage)."""
     args = _parser().parse_args(argv)
     _quiet_vllm()
-    _configure_logging(args.log_json)
+    _configure_logging(getattr(args, "log_json", False))
+    handler = getattr(args, "handler", None)
+    if handler is not None:  # `aftlib data ...` and `aftlib train ...` own their error handling
+        return int(handler(args))
     try:
         summary = anyio.run(_run, args, backend="asyncio")
     except (ConfigError, InputError) as exc:
