@@ -11,6 +11,7 @@ from structlog.testing import capture_logs
 
 from aftlib import (
     AftError,
+    AgentFailure,
     Aggregator,
     AnswerDone,
     CandidateDone,
@@ -22,6 +23,7 @@ from aftlib import (
     Layer,
     LayerDone,
     Proposer,
+    QuorumError,
     SamplingParams,
     TokenDelta,
     Topology,
@@ -143,14 +145,20 @@ async def test_candidates_keep_agent_then_sample_order() -> None:
 
 
 async def test_an_engine_failure_is_an_engine_error_not_a_group() -> None:
-    """A failing agent surfaces as EngineError (not an ExceptionGroup) with the cause chained."""
+    """A failing agent surfaces as one QuorumError (an EngineError, not an ExceptionGroup).
+
+    It names the layer and agent, and chains the engine's error and that error's own cause.
+    """
 
     def handler(request, index):  # type: ignore[no-untyped-def]
         raise ConnectionError("boom")
 
-    with pytest.raises(EngineError, match="boom") as info:
+    with pytest.raises(QuorumError, match=r"layer 0 got 0 of the 2 .*proposer EngineError: .*boom") as info:
         await presets.aft(FakeEngine(handler=handler), n=2).run("q")
-    assert isinstance(info.value.__cause__, ConnectionError)
+    assert isinstance(info.value, EngineError)
+    assert info.value.failures == (AgentFailure(0, "proposer", "error", info.value.failures[0].error),)
+    assert isinstance(info.value.__cause__, EngineError)
+    assert isinstance(info.value.__cause__.__cause__, ConnectionError)
 
 
 async def test_usage_adds_up_over_requests() -> None:

@@ -23,11 +23,13 @@ from ._errors import (
     EngineError,
     EngineTimeoutError,
     InputError,
+    QuorumError,
     RateLimitError,
     ServerError,
     TemplateError,
 )
 from ._results import (
+    AgentFailure,
     AnswerDone,
     Candidate,
     CandidateDone,
@@ -47,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = (
     "AftError",
     "Agent",
+    "AgentFailure",
     "Aggregator",
     "AnswerDone",
     "Candidate",
@@ -68,6 +71,7 @@ __all__ = (
     "Progress",
     "PromptTemplate",
     "Proposer",
+    "QuorumError",
     "RateLimitError",
     "Result",
     "RunSummary",

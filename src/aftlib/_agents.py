@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import ClassVar
 
+import attrs
+import structlog
 from attrs import define, field
 
 from ._budget import Cut, fit
@@ -111,48 +113,52 @@ class Agent:
         Returns:
             The candidates, in sample order, and the engine's completion.
         """
-        log = get_logger(__name__, layer=layer, agent=self.name)
-        request, cuts = self.prepare(conversation, references)
-        if cuts:
-            log.info(
-                "references cut to fit the context", cuts=len(cuts), max_tokens=request.sampling.max_tokens
+        with structlog.contextvars.bound_contextvars(layer=layer, agent=self.name):
+            log = get_logger(__name__)
+            request, cuts = self.prepare(conversation, references)
+            if cuts:
+                log.info(
+                    "references cut to fit the context",
+                    cuts=len(cuts),
+                    max_tokens=request.sampling.max_tokens,
+                )
+            log.debug("request", n=request.sampling.n, references=len(references))
+            completion: Completion | None = None
+            if emit is None:  # no one watches the tokens: let the engine skip streaming them
+                completion = await self.engine.generate(request)
+            else:
+                async with aclosing(self.engine.stream(request)) as stream:
+                    async for item in stream:
+                        if isinstance(item, Delta):
+                            if item.text:
+                                await emit(TokenDelta(layer, self.name, item.index, item.text, is_answer))
+                        else:
+                            completion = item
+            if completion is None:
+                raise RuntimeError(f"engine {self.engine.name!r} ended a stream without a completion")
+            candidates = tuple(
+                Candidate(
+                    layer,
+                    self.name,
+                    s.index,
+                    s.text,
+                    s.finish_reason,
+                    completion.usage.prompt_tokens,
+                    s.completion_tokens,
+                    cuts,
+                    (request,),
+                )
+                for s in sorted(completion.samples, key=lambda s: s.index)
             )
-        log.debug("request", n=request.sampling.n, references=len(references))
-        completion: Completion | None = None
-        if emit is None:  # no one watches the tokens: let the engine skip streaming them
-            completion = await self.engine.generate(request)
-        else:
-            async with aclosing(self.engine.stream(request)) as stream:
-                async for item in stream:
-                    if isinstance(item, Delta):
-                        if item.text:
-                            await emit(TokenDelta(layer, self.name, item.index, item.text, is_answer))
-                    else:
-                        completion = item
-        if completion is None:
-            raise RuntimeError(f"engine {self.engine.name!r} ended a stream without a completion")
-        candidates = tuple(
-            Candidate(
-                layer,
-                self.name,
-                s.index,
-                s.text,
-                s.finish_reason,
-                completion.usage.prompt_tokens,
-                s.completion_tokens,
-                cuts,
+            if emit is not None:
+                for candidate in candidates:
+                    await emit(CandidateDone(candidate))
+            log.debug(
+                "done",
+                prompt_tokens=completion.usage.prompt_tokens,
+                completion_tokens=completion.usage.completion_tokens,
             )
-            for s in sorted(completion.samples, key=lambda s: s.index)
-        )
-        if emit is not None:
-            for candidate in candidates:
-                await emit(CandidateDone(candidate))
-        log.debug(
-            "done",
-            prompt_tokens=completion.usage.prompt_tokens,
-            completion_tokens=completion.usage.completion_tokens,
-        )
-        return candidates, completion
+            return candidates, completion
 
 
 @define(eq=False)
@@ -243,6 +249,7 @@ class SequentialAggregator(Aggregator):
         remaining = self.order(conversation, references)  # shuffled once, not window by window
         synthesis: str | None = None
         usage = Usage()
+        requests: list[ChatRequest] = []
         while True:
             take = self.window if synthesis is None else self.window - 1
             chunk, remaining = remaining[:take], remaining[take:]
@@ -252,6 +259,10 @@ class SequentialAggregator(Aggregator):
                 conversation, inputs, layer=layer, emit=emit, is_answer=is_answer and last
             )
             usage = usage + completion.usage
+            requests += candidates[0].requests
             if last:
-                return candidates, Completion(completion.samples, usage)
+                every = tuple(requests)
+                return tuple(attrs.evolve(c, requests=every) for c in candidates), Completion(
+                    completion.samples, usage
+                )
             synthesis = candidates[0].text

@@ -11,13 +11,19 @@ library raises on purpose. User mistakes are kept apart from runtime failures of
         ├── EngineTimeoutError     a request took longer than allowed
         ├── RateLimitError         the server asked us to slow down
         ├── ServerError            the server failed (5xx) or the connection dropped
-        └── ContextLengthError     the prompt does not fit the model's context
+        ├── ContextLengthError     the prompt does not fit the model's context
+        └── QuorumError            a layer got fewer candidates than it needs (its agents failed)
 
 ``ConfigError`` and ``InputError`` are also ``ValueError`` so that code written against the standard
 library's conventions keeps working.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._results import AgentFailure
 
 __all__ = (
     "AftError",
@@ -26,6 +32,7 @@ __all__ = (
     "EngineError",
     "EngineTimeoutError",
     "InputError",
+    "QuorumError",
     "RateLimitError",
     "ServerError",
     "TemplateError",
@@ -89,3 +96,16 @@ class ServerError(EngineError):
 
 class ContextLengthError(EngineError):
     """A request does not fit in the model's context window."""
+
+
+class QuorumError(EngineError):
+    """A layer got fewer candidates than it needs, because some of its agents failed or ran out of time.
+
+    Args:
+        message: What happened, naming the agents that gave no candidates.
+        failures: One :class:`~aftlib.AgentFailure` per agent that gave no candidates.
+    """
+
+    def __init__(self, message: str, *, failures: tuple[AgentFailure, ...]) -> None:
+        super().__init__(message)
+        self.failures = failures

@@ -24,7 +24,13 @@ _STDLIB_PROCESSORS: list[Any] = [
 
 
 def get_logger(name: str, **context: Any) -> Any:
-    """A structlog logger for ``name`` with ``context`` bound; call it per operation, not at import."""
+    """A structlog logger for ``name`` with ``context`` bound; call it per operation, not at import.
+
+    The structlog context variables of the moment (run id, record, layer and agent, bound with
+    ``structlog.contextvars.bound_contextvars`` by the runner and the agents) are bound too, so every line
+    carries them even where the application's structlog setup does not merge context variables.
+    """
+    context = {**structlog.contextvars.get_contextvars(), **context}
     if structlog.is_configured():
         return structlog.get_logger(name).bind(**context)
     return _stdlib_logger(name).bind(**context)

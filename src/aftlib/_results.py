@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 from attrs import field, frozen
 
 from ._budget import Cut
-from ._types import Usage
+from ._types import ChatRequest, Usage
 
 __all__ = (
+    "AgentFailure",
     "AnswerDone",
     "Candidate",
     "CandidateDone",
@@ -34,6 +36,8 @@ class Candidate:
         prompt_tokens: Prompt tokens of the request that produced it (shared by its ``n`` samples).
         completion_tokens: Tokens generated for this sample.
         cuts: References shortened to fit the engine's context for the request that produced it.
+        requests: The engine requests that produced it, in order (one, or one per window of a
+            :class:`~aftlib.SequentialAggregator`): enough to send the same prompts again.
     """
 
     layer: int
@@ -44,6 +48,28 @@ class Candidate:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cuts: tuple[Cut, ...] = ()
+    requests: tuple[ChatRequest, ...] = field(default=(), eq=False, repr=False)
+
+
+FailureReason = Literal["error", "deadline", "cancelled"]
+
+
+@frozen
+class AgentFailure:
+    """An agent that gave no candidates in a layer.
+
+    Attributes:
+        layer: The layer's position.
+        agent: The agent's name.
+        reason: ``"error"`` (its engine failed), ``"deadline"`` (still running at the layer's deadline) or
+            ``"cancelled"`` (still running when the layer had the candidates it needed).
+        error: The engine error, as ``"ErrorType: message"``, when ``reason`` is ``"error"``.
+    """
+
+    layer: int
+    agent: str
+    reason: FailureReason
+    error: str | None = None
 
 
 def _candidates(value: Iterable[Candidate]) -> tuple[Candidate, ...]:
@@ -59,12 +85,17 @@ class LayerResult:
         candidates: Its candidates.
         usage: The tokens its requests used.
         elapsed: Seconds from the layer's start to its last candidate.
+        usage_by_agent: The tokens each agent's requests used, by agent name (agents that gave no
+            candidates are absent: the tokens of a failed or cancelled request are not known).
+        failures: The agents that gave no candidates, in agent order.
     """
 
     index: int
     candidates: tuple[Candidate, ...] = field(converter=_candidates)
     usage: Usage = field(factory=Usage)
     elapsed: float = field(default=0.0, eq=False)
+    usage_by_agent: dict[str, Usage] = field(factory=dict)
+    failures: tuple[AgentFailure, ...] = ()
 
     @property
     def texts(self) -> list[str]:
@@ -86,17 +117,33 @@ class Result:
         layers: Every layer before the final aggregator, in order.
         usage: Tokens used by all requests of the run.
         elapsed: Wall-clock seconds of the run.
+        answer_usage: Tokens used by the final agent's requests.
     """
 
     answer: Candidate
     layers: tuple[LayerResult, ...] = field(converter=_layer_results)
     usage: Usage = field(factory=Usage)
     elapsed: float = field(default=0.0, eq=False)
+    answer_usage: Usage = field(factory=Usage)
 
     @property
     def text(self) -> str:
         """The final answer's text."""
         return self.answer.text
+
+    @property
+    def failures(self) -> tuple[AgentFailure, ...]:
+        """Every agent that gave no candidates, layer by layer."""
+        return tuple(f for layer in self.layers for f in layer.failures)
+
+    def usage_by_agent(self) -> dict[tuple[int, str], Usage]:
+        """The tokens each agent used, keyed by ``(layer, agent name)``.
+
+        The final agent's layer is ``len(layers)``.
+        """
+        usage = {(layer.index, name): u for layer in self.layers for name, u in layer.usage_by_agent.items()}
+        usage[(len(self.layers), self.answer.agent)] = self.answer_usage
+        return usage
 
 
 @frozen

@@ -10,12 +10,13 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.abc
 from attrs import define, field, frozen
 
 from ._agents import Agent, Aggregator, Emit, EventCallback, emitter
-from ._errors import ConfigError
+from ._errors import ConfigError, EngineError, QuorumError
 from ._logging import get_logger
-from ._results import AnswerDone, Candidate, Event, LayerDone, LayerResult, Result
+from ._results import AgentFailure, AnswerDone, Candidate, Event, LayerDone, LayerResult, Result
 from ._types import Completion, Message, Usage, as_conversation
 from ._util import unwrap_group
 from .engines._base import Engine
@@ -46,11 +47,43 @@ def _check_agents(_: object, __: object, agents: tuple[Agent, ...]) -> None:
 class Layer:
     """Agents that run concurrently on the same input.
 
+    By default a layer waits for every agent, and one failed agent fails the run, as the AFT reference
+    does. ``min_candidates`` makes it tolerate failures: it needs only that many candidates (an agent with
+    ``n`` samples gives ``n`` at once), and fails with :class:`~aftlib.QuorumError` as soon as failures
+    leave too few. Without a ``deadline`` it goes on the moment the quorum is in; with one, it waits for
+    the other agents until the deadline, then goes on with what it has if that reaches the quorum. Agents
+    still running when the layer goes on are cancelled, and their requests aborted in the engines. Agents
+    that gave no candidates are listed in :attr:`LayerResult.failures`.
+
     Args:
         agents: The agents, or a single agent. Their candidates come out in agent order, then sample index.
+        min_candidates: Candidates needed to go on; None needs all of them.
+        deadline: Seconds the layer may run; None waits as long as its agents take.
+
+    Raises:
+        ConfigError: No agents, duplicate names, or a quorum or deadline out of range.
     """
 
     agents: tuple[Agent, ...] = field(converter=_agents, validator=_check_agents)
+    min_candidates: int | None = field(default=None, kw_only=True)
+    deadline: float | None = field(default=None, kw_only=True)
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_candidates is not None and not 1 <= self.min_candidates <= self.expected:
+            raise ConfigError(
+                f"min_candidates must be between 1 and the {self.expected} candidates the layer's agents "
+                f"give, got {self.min_candidates}",
+                path="min_candidates",
+            )
+        if self.deadline is not None and not self.deadline > 0:
+            raise ConfigError(
+                f"deadline must be a positive number of seconds, got {self.deadline}", path="deadline"
+            )
+
+    @property
+    def expected(self) -> int:
+        """Candidates the layer gives when every agent succeeds."""
+        return sum(agent.sampling.n for agent in self.agents)
 
     async def run(
         self,
@@ -60,23 +93,63 @@ class Layer:
         index: int,
         emit: Emit | None,
     ) -> LayerResult:
-        """Run every agent at once and gather their candidates."""
+        """Run every agent at once and gather their candidates, as the quorum and deadline allow.
+
+        Raises:
+            QuorumError: Failed or late agents left fewer candidates than the layer needs.
+        """
         start = time.perf_counter()
-        outcomes: list[tuple[tuple[Candidate, ...], Completion] | None] = [None] * len(self.agents)
+        log = get_logger(__name__, layer=index)
+        need = self.expected if self.min_candidates is None else self.min_candidates
+        outcomes: dict[int, tuple[tuple[Candidate, ...], Completion]] = {}
+        errors: dict[int, EngineError] = {}
+        got, possible = 0, self.expected
 
-        async def run_agent(slot: int, agent: Agent) -> None:
-            outcomes[slot] = await agent.run(conversation, references, layer=index, emit=emit)
+        async def run_agent(slot: int, agent: Agent, group: anyio.abc.TaskGroup) -> None:
+            nonlocal got, possible
+            try:
+                outcome = await agent.run(conversation, references, layer=index, emit=emit)
+            except EngineError as exc:
+                errors[slot] = exc
+                possible -= agent.sampling.n
+                log.warning("agent failed", agent=agent.name, error=f"{type(exc).__name__}: {exc}")
+                if possible < need:  # the quorum cannot be reached: stop waiting for the others
+                    group.cancel_scope.cancel()
+                return
+            outcomes[slot] = outcome
+            got += len(outcome[0])
+            if got >= need and (self.deadline is None or got == self.expected):
+                group.cancel_scope.cancel()  # the agents still running are not needed
 
-        with unwrap_group():
-            async with anyio.create_task_group() as tg:
-                for slot, agent in enumerate(self.agents):
-                    tg.start_soon(run_agent, slot, agent)
-        done = [o for o in outcomes if o is not None]
+        with anyio.move_on_after(self.deadline) as deadline:
+            with unwrap_group():
+                async with anyio.create_task_group() as tg:
+                    for slot, agent in enumerate(self.agents):
+                        tg.start_soon(run_agent, slot, agent, tg)
+        failures = []
+        for slot, agent in enumerate(self.agents):
+            if slot in errors:
+                error = errors[slot]
+                failures.append(AgentFailure(index, agent.name, "error", f"{type(error).__name__}: {error}"))
+            elif slot not in outcomes:
+                late = deadline.cancelled_caught
+                failures.append(AgentFailure(index, agent.name, "deadline" if late else "cancelled"))
+        if got < need:
+            detail = "; ".join(f"{f.agent} {f.error or f.reason}" for f in failures)
+            raise QuorumError(
+                f"layer {index} got {got} of the {need} candidates it needs; {detail}",
+                failures=tuple(failures),
+            ) from next(iter(errors.values()), None)
+        if failures:
+            log.info("layer went on without some agents", candidates=got, failed=[f.agent for f in failures])
+        done = [outcomes[slot] for slot in sorted(outcomes)]
         return LayerResult(
             index,
             tuple(c for candidates, _ in done for c in candidates),
             Usage.sum(completion.usage for _, completion in done),
             time.perf_counter() - start,
+            {self.agents[slot].name: outcomes[slot][1].usage for slot in sorted(outcomes)},
+            tuple(failures),
         )
 
 
@@ -207,6 +280,7 @@ class Topology:
             tuple(layers),
             Usage.sum([*(layer.usage for layer in layers), completion.usage]),
             time.perf_counter() - start,
+            completion.usage,
         )
         if emit is not None:
             await emit(AnswerDone(result))
