@@ -1,18 +1,21 @@
 """Helpers for testing code built on aftlib.
 
-A scripted engine, a tiny model (and LoRA adapters) that vLLM runs on CPU, and a loopback vLLM
-OpenAI-compatible server.
+A scripted engine (with fault injection), a tiny model (and LoRA adapters) that vLLM runs on CPU, and a
+loopback vLLM OpenAI-compatible server.
 """
 
 from __future__ import annotations
 
 from ._adapter import build_tiny_adapter
-from ._fake import FakeEngine, Handler
+from ._fake import FakeEngine, Fault, FaultPlan, FaultScript, Handler
 from ._server import vllm_server
 from ._tiny import build_tiny_model, tiny_model_path
 
 __all__ = (
     "FakeEngine",
+    "Fault",
+    "FaultPlan",
+    "FaultScript",
     "Handler",
     "build_tiny_adapter",
     "build_tiny_model",
