@@ -167,3 +167,48 @@ def test_cli_dry_run_on_a_fake_topology(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == [1, 2, 3, 4, 5]
     assert "5 done" in done.stderr
+
+
+def test_a_layer_mapping_sets_quorum_and_deadline_and_retry_wraps_the_engine() -> None:
+    """A layer written as a mapping carries min_candidates and deadline; an engine's retry key wraps it."""
+    from aftlib.engines import RetryingEngine
+
+    data = {
+        "engines": {"f": {"type": "fake", "retry": {"attempts": 3, "timeout": 5}}},
+        "agents": {"a": {"engine": "f"}, "b": {"engine": "f"}, "j": {"engine": "f", "role": "aggregator"}},
+        "layers": [{"agents": ["a", "b"], "min_candidates": 1, "deadline": 2.5}, ["j"]],
+        "final": "j",
+    }
+    topology = config.parse(data)
+    first, second = topology.layers
+    assert (first.min_candidates, first.deadline) == (1, 2.5)
+    assert (second.min_candidates, second.deadline) == (None, None)
+    engine = topology.final.engine
+    assert isinstance(engine, RetryingEngine)
+    assert (engine.attempts, engine.timeout, engine.backoff) == (3, 5.0, 0.5)
+    assert isinstance(engine.inner, FakeEngine)
+
+
+@pytest.mark.parametrize(
+    ("layers", "engine", "path", "message"),
+    [
+        ([{"agents": ["a"], "min_candidates": 3}], {}, "layers[0].min_candidates", "between 1 and the 1"),
+        ([{"agents": ["a"], "quorum": 3}], {}, "layers[0]", "quorum"),
+        ([{"agents": ["zz"]}], {}, "layers[0].agents[0]", "unknown agent 'zz'"),
+        ([{"agents": ["a"], "deadline": "soon"}], {}, "layers[0].deadline", "expected float"),
+        ([["a"]], {"retry": {"attempt": 3}}, "engines.f.retry", "attempt"),
+    ],
+)
+def test_layer_and_retry_mistakes_name_the_key(
+    layers: list[object], engine: dict[str, object], path: str, message: str
+) -> None:
+    """Bad quorum, deadline and retry settings are ConfigErrors naming the file and key path."""
+    data = {
+        "engines": {"f": {"type": "fake", **engine}},
+        "agents": {"a": {"engine": "f"}, "j": {"engine": "f", "role": "aggregator"}},
+        "layers": layers,
+        "final": "j",
+    }
+    with pytest.raises(ConfigError, match=message) as info:
+        config.parse(data, source="mix.yaml")
+    assert (info.value.path, info.value.source) == (path, "mix.yaml")

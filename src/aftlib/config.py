@@ -36,7 +36,7 @@ from attrs import field, frozen
 
 from ._agents import Agent, Aggregator, Proposer, SequentialAggregator
 from ._errors import ConfigError
-from ._topology import Topology
+from ._topology import Layer, Topology
 from ._types import SamplingParams
 from .engines._base import Engine
 
@@ -44,6 +44,8 @@ __all__ = (
     "AftConfig",
     "AgentConfig",
     "GenerationParams",
+    "LayerConfig",
+    "RetryConfig",
     "SamplingConfig",
     "TopologyConfig",
     "load",
@@ -136,6 +138,28 @@ class AgentConfig:
     window: int | None = None
 
 
+@frozen
+class LayerConfig:
+    """A layer of a topology file written as a mapping, to set a quorum or a deadline.
+
+    See :class:`~aftlib.Layer` for what ``min_candidates`` and ``deadline`` do.
+    """
+
+    agents: list[str]
+    min_candidates: int | None = None
+    deadline: float | None = None
+
+
+@frozen
+class RetryConfig:
+    """An engine's ``retry`` key: wrap it in :class:`~aftlib.engines.RetryingEngine` with these settings."""
+
+    attempts: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    timeout: float | None = None
+
+
 _ENGINE_KEYS: dict[str, tuple[set[str], set[str]]] = {
     # type: (required keys, optional keys); a vllm engine also takes any vLLM engine argument
     "vllm": ({"model"}, set()),
@@ -148,23 +172,31 @@ _ENGINE_KEYS: dict[str, tuple[set[str], set[str]]] = {
 class TopologyConfig:
     """A topology file: named engines, named agents, layers of agent names, and the final agent.
 
+    A layer is a list of agent names, or a mapping (:class:`LayerConfig`) with ``agents`` and a quorum
+    (``min_candidates``) or ``deadline``. Any engine may have a ``retry`` mapping (:class:`RetryConfig`).
+
     Example::
 
         engines:
           big: {type: vllm, model: /models/llama-aft, max_model_len: 8192}
-          remote: {type: openai, model: qwen, base_url: http://gpu-box:8000/v1, api_key_env: QWEN_KEY}
+          remote:
+            type: openai
+            model: qwen
+            base_url: http://gpu-box:8000/v1
+            api_key_env: QWEN_KEY
+            retry: {attempts: 5, timeout: 120}
         agents:
           draft: {engine: big, template: aft_propose, sampling: {n: 4, temperature: 0.7}}
           other: {engine: remote, template: passthrough}
           judge: {role: aggregator, engine: big, template: moa_aggregate, sampling: {max_tokens: 1024}}
         layers:
-          - [draft, other]
+          - {agents: [draft, other], min_candidates: 4, deadline: 300}
         final: judge
     """
 
     engines: dict[str, dict[str, Any]]
     agents: dict[str, AgentConfig]
-    layers: list[list[str]]
+    layers: list[list[str] | LayerConfig]
     final: str
 
     def topology(self) -> Topology:
@@ -174,13 +206,26 @@ class TopologyConfig:
         if not self.layers:
             raise ConfigError("a topology needs at least one layer before the final agent", path="layers")
         layers = []
-        for i, names in enumerate(self.layers):
-            if not names:
-                raise ConfigError("a layer with no agents", path=f"layers[{i}]")
-            for j, name in enumerate(names):
+        for i, entry in enumerate(self.layers):
+            spec = entry if isinstance(entry, LayerConfig) else LayerConfig(entry)
+            where = f"layers[{i}]" + (".agents" if isinstance(entry, LayerConfig) else "")
+            if not spec.agents:
+                raise ConfigError("a layer with no agents", path=where)
+            for j, name in enumerate(spec.agents):
                 if name not in agents:
-                    raise ConfigError(_unknown("agent", name, agents), path=f"layers[{i}][{j}]")
-            layers.append([agents[n] for n in names])
+                    raise ConfigError(_unknown("agent", name, agents), path=f"{where}[{j}]")
+            try:
+                layers.append(
+                    Layer(
+                        [agents[n] for n in spec.agents],
+                        min_candidates=spec.min_candidates,
+                        deadline=spec.deadline,
+                    )
+                )
+            except ConfigError as exc:
+                raise ConfigError(
+                    exc.message, path=f"layers[{i}].{exc.path}" if exc.path else where
+                ) from None
         if self.final not in agents:
             raise ConfigError(_unknown("agent", self.final, agents), path="final")
         try:
@@ -247,7 +292,7 @@ def _unknown(what: str, name: str, known: Mapping[str, Any]) -> str:
 
 
 def _engine(name: str, spec: Mapping[str, Any], all_specs: Mapping[str, Mapping[str, Any]]) -> Engine:
-    from .engines import OpenAIEngine, VLLMEngine
+    from .engines import OpenAIEngine, RetryingEngine, VLLMEngine
     from .testing import FakeEngine
 
     path = f"engines.{name}"
@@ -257,12 +302,16 @@ def _engine(name: str, spec: Mapping[str, Any], all_specs: Mapping[str, Mapping[
     if kind not in _ENGINE_KEYS:
         raise ConfigError(f"unknown engine type {kind!r}; choose vllm, openai or fake", path=f"{path}.type")
     required, optional = _ENGINE_KEYS[kind]
-    args = {k: v for k, v in spec.items() if k != "type"}
+    args = {k: v for k, v in spec.items() if k not in ("type", "retry")}
     for key in sorted(required - set(args)):
         raise ConfigError(f"a {kind} engine needs '{key}'", path=f"{path}.{key}")
     if kind != "vllm":
         for key in sorted(set(args) - required - optional):
             raise ConfigError(f"unknown key for an engine of type {kind}", path=f"{path}.{key}")
+    retry = None
+    if "retry" in spec:
+        retry = _structure(spec["retry"], RetryConfig, None, prefix=f"{path}.retry")
+    engine: Engine
     try:
         if kind == "vllm":
             model = args.pop("model")
@@ -270,10 +319,20 @@ def _engine(name: str, spec: Mapping[str, Any], all_specs: Mapping[str, Mapping[
                 share = _gpu_share(all_specs)
                 if share is not None:
                     args["gpu_memory_utilization"] = share
-            return VLLMEngine(model, name=name, **args)
-        if kind == "openai":
-            return OpenAIEngine(name=name, **args)
-        return FakeEngine(name=name, **args)
+            engine = VLLMEngine(model, name=name, **args)
+        elif kind == "openai":
+            engine = OpenAIEngine(name=name, **args)
+        else:
+            engine = FakeEngine(name=name, **args)
+        if retry is not None:
+            engine = RetryingEngine(
+                engine,
+                attempts=retry.attempts,
+                backoff=retry.backoff,
+                max_backoff=retry.max_backoff,
+                timeout=retry.timeout,
+            )
+        return engine
     except ConfigError as exc:
         raise ConfigError(exc.message, path=f"{path}.{exc.path}" if exc.path else path) from None
     except TypeError as exc:
@@ -305,6 +364,13 @@ def _converter() -> cattrs.Converter:
     for kind in (int, float, str):
         converter.register_structure_hook(kind, _strict(kind))
     converter.register_structure_hook_func(lambda t: t == dict[str, Any], _mapping)
+
+    def layer(value: Any, _: type[Any]) -> list[str] | LayerConfig:
+        if isinstance(value, Mapping):
+            return converter.structure(value, LayerConfig)
+        return converter.structure(value, list[str])
+
+    converter.register_structure_hook_func(lambda t: t == list[str] | LayerConfig, layer)
     return converter
 
 
@@ -328,13 +394,15 @@ _KEY = re.compile(r"\['([^']*)'\]")
 _PATH = re.compile(r"^(?P<message>.*) @ \$\.?(?P<path>.*)$")
 
 
-def _structure(data: Any, kind: type[T], source: str | None) -> T:
+def _structure(data: Any, kind: type[T], source: str | None, *, prefix: str | None = None) -> T:
     try:
         return _CONVERTER.structure(data, kind)
     except cattrs.BaseValidationError as exc:
         problems = cattrs.transform_error(exc, path="$", format_exception=_describe)
         first = _PATH.match(problems[0])
         path = _KEY.sub(r".\1", first["path"]) if first else None
+        if prefix is not None:
+            path = f"{prefix}.{path}" if path else prefix
         message = "; ".join(problems) if len(problems) > 1 else (first["message"] if first else problems[0])
         raise ConfigError(_KEY.sub(r".\1", message), path=path, source=source) from None
 
