@@ -140,7 +140,8 @@ class OpenAIEngine(Engine):
             for client in clients:
                 await client.close()
 
-    def _translate(self, exc: Exception, url: str) -> EngineError:
+    def _translate(self, exc: Exception, url: str, *, streaming: bool = False) -> EngineError:
+        """The aftlib error for an openai error; ``streaming`` when the answer had started to arrive."""
         openai = _import_openai()
         where = f"engine {self.name!r} ({url})"
         if isinstance(exc, openai.RateLimitError):
@@ -148,6 +149,8 @@ class OpenAIEngine(Engine):
         if isinstance(exc, openai.APITimeoutError):
             return EngineTimeoutError(f"{where}: no answer within {self.timeout:g}s")
         if isinstance(exc, openai.APIConnectionError):
+            if streaming:
+                return ServerError(f"{where}: the connection dropped mid-stream: {exc.__cause__ or exc}")
             return ServerError(f"{where}: cannot reach the server: {exc.__cause__ or exc}")
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
             source = f"the key in ${self.api_key_env}" if self.api_key_env else "no API key"
@@ -228,6 +231,7 @@ class OpenAIEngine(Engine):
         chunks = dict.fromkeys(texts, 0)
         reasons: dict[int, str | None] = dict.fromkeys(texts)
         usage = Usage(requests=1)
+        answered = False
         try:
             response = await client.chat.completions.create(
                 model=self.model,
@@ -241,6 +245,7 @@ class OpenAIEngine(Engine):
                 stream=True,
                 stream_options={"include_usage": True},
             )
+            answered = True
             async with response:
                 async for chunk in response:
                     for choice in chunk.choices:
@@ -261,7 +266,7 @@ class OpenAIEngine(Engine):
         except Exception as exc:
             openai = _import_openai()
             if isinstance(exc, openai.OpenAIError):
-                raise self._translate(exc, url) from exc
+                raise self._translate(exc, url, streaming=answered) from exc
             raise
         # Servers report completion tokens for the whole call; per sample, count the streamed chunks.
         samples = [

@@ -1,17 +1,21 @@
 """Helpers for testing code built on aftlib.
 
-A scripted engine (with fault injection), a tiny model (and LoRA adapters) that vLLM runs on CPU, and a
-loopback vLLM OpenAI-compatible server.
+A scripted engine (with fault injection), a loopback OpenAI-compatible server that fails at random, a
+tiny model (and LoRA adapters) that vLLM runs on CPU, and a loopback vLLM OpenAI-compatible server.
 """
 
 from __future__ import annotations
 
 from ._adapter import build_tiny_adapter
+from ._chaos import ChaosFault, ChaosScript, ChaosServer, chaos_server
 from ._fake import FakeEngine, Fault, FaultPlan, FaultScript, Handler
 from ._server import vllm_server
 from ._tiny import build_tiny_model, tiny_model_path
 
 __all__ = (
+    "ChaosFault",
+    "ChaosScript",
+    "ChaosServer",
     "FakeEngine",
     "Fault",
     "FaultPlan",
@@ -19,6 +23,7 @@ __all__ = (
     "Handler",
     "build_tiny_adapter",
     "build_tiny_model",
+    "chaos_server",
     "tiny_model_path",
     "vllm_server",
 )
