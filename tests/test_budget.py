@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aftlib import ChatRequest, ContextLengthError, Proposer, SamplingParams, Topology, presets
+from aftlib import ChatRequest, ContextLengthError, Proposer, QuorumError, SamplingParams, Topology, presets
 from aftlib._budget import TRUNCATION_MARKER, fair_shares
 from aftlib.testing import FakeEngine
 
@@ -60,8 +60,12 @@ async def test_max_tokens_is_lowered_when_the_prompt_is_long() -> None:
 
 
 async def test_a_prompt_that_cannot_fit_is_a_context_length_error() -> None:
-    """A conversation longer than the context fails clearly before any generation."""
+    """A conversation longer than the context fails clearly before any generation.
+
+    The layer's QuorumError names the agent and chains the ContextLengthError.
+    """
     engine = FakeEngine(context_window=20)
-    with pytest.raises(ContextLengthError, match="context is 20"):
+    with pytest.raises(QuorumError, match=r"proposer ContextLengthError: .*context is 20") as info:
         await presets.aft(engine).run(" ".join(["word"] * 50))
+    assert isinstance(info.value.__cause__, ContextLengthError)
     assert engine.requests == []

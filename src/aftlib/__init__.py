@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from . import config, engines, presets, testing
+from ._accounting import Price, PriceTable
 from ._agents import Agent, Aggregator, Proposer, SequentialAggregator
 from ._budget import Cut
 from ._errors import (
@@ -41,6 +42,7 @@ from ._results import (
 )
 from ._runner import Progress, Runner, RunSummary
 from ._templates import PromptTemplate
+from ._trace import TracedRequest, traced_requests
 from ._topology import Layer, Topology
 from ._types import ChatRequest, Completion, Delta, Message, Sample, SamplingParams, Usage
 
@@ -68,6 +70,8 @@ __all__ = (
     "LayerDone",
     "LayerResult",
     "Message",
+    "Price",
+    "PriceTable",
     "Progress",
     "PromptTemplate",
     "Proposer",
@@ -83,10 +87,12 @@ __all__ = (
     "TemplateError",
     "TokenDelta",
     "Topology",
+    "TracedRequest",
     "Usage",
     "__version__",
     "config",
     "engines",
     "presets",
     "testing",
+    "traced_requests",
 )

@@ -18,21 +18,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 from attrs import define, field, frozen
 
-from ._errors import AftError, ConfigError, InputError
+from ._accounting import Ledger, PriceTable, usage_dict
+from ._errors import AftError, ConfigError, InputError, QuorumError
 from ._logging import get_logger
 from ._records import BadLine, Record, read_records
-from ._results import Result
+from ._results import AgentFailure, Result
 from ._topology import Topology
+from ._trace import failure_dict, trace
 from ._types import Message, Usage
 
-__all__ = ("FORMATS", "Progress", "RunSummary", "Runner", "progress_path")
+__all__ = ("FORMATS", "Progress", "RunSummary", "Runner", "progress_path", "summary_path")
 
 Format = Literal["jsonl", "aft", "alpaca_eval", "mt_bench"]
 FORMATS: tuple[str, ...] = ("jsonl", "aft", "alpaca_eval", "mt_bench")
-_ADDED = ("id", "status", "response", "responses", "error", "usage", "timings", "trace")
+_ADDED = ("id", "status", "response", "responses", "error", "failures", "usage", "timings", "trace")
 
 
 @frozen
@@ -45,10 +48,16 @@ class RunSummary:
         resumed: Records skipped because the output already had them.
         failed: Records that failed at run time (written as error records).
         bad: Input lines that were not usable records (written to the errors file).
-        usage: Tokens used in this run.
+        usage: Tokens used in this run by the records answered.
         elapsed: Wall-clock seconds.
         output: The output file, if any.
         errors: The errors file, if any bad line was found.
+        run_id: The run's id, bound to every log line of the run.
+        cost: The cost of :attr:`usage` from the price table, or None without one (or when a model
+            has no price).
+        interrupted: The run was cancelled before it read the whole input.
+        report: Usage per layer, agent and engine, and the agents that failed, as written to the
+            summary file.
     """
 
     records: int
@@ -60,6 +69,10 @@ class RunSummary:
     elapsed: float
     output: Path | None
     errors: Path | None
+    run_id: str = ""
+    cost: float | None = None
+    interrupted: bool = False
+    report: dict[str, Any] = field(factory=dict, eq=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -108,37 +121,13 @@ def _errors_path(output: Path) -> Path:
     return output.with_name(output.name + ".errors.jsonl")
 
 
+def summary_path(output: Path) -> Path:
+    """Where a run writes its summary (counts, usage per layer, agent and engine, cost)."""
+    return output.with_name(output.name + ".summary.json")
+
+
 def _key(rid: Any) -> str:
     return json.dumps(rid)
-
-
-def _usage(usage: Usage) -> dict[str, int]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "requests": usage.requests,
-    }
-
-
-def _trace(result: Result) -> dict[str, Any]:
-    def candidate(c: Any) -> dict[str, Any]:
-        return {
-            "agent": c.agent,
-            "index": c.index,
-            "text": c.text,
-            "finish_reason": c.finish_reason,
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "cuts": [{"reference": k.reference, "tokens": k.tokens, "kept": k.kept} for k in c.cuts],
-        }
-
-    return {
-        "layers": [[candidate(c) for c in layer.candidates] for layer in result.layers],
-        "layer_elapsed": [round(layer.elapsed, 4) for layer in result.layers],
-        "answer": candidate(result.answer),
-        "elapsed": round(result.elapsed, 4),
-    }
 
 
 def _resume(path: Path) -> set[str]:
@@ -184,6 +173,10 @@ def _count_records(path: Path) -> int | None:
         return None
 
 
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
 def _optional_path(value: str | os.PathLike[str] | None) -> Path | None:
     return None if value is None else Path(value)
 
@@ -217,7 +210,12 @@ class Runner:
     strict: bool = False
     generator: str = "aftlib"
     on_progress: Callable[[Progress], None] | None = None
+    prices: PriceTable | None = None
+    run_id: str = field(factory=lambda: uuid.uuid4().hex[:12])
     progress: Progress = field(factory=Progress, init=False)
+    _ledger: Ledger = field(init=False, repr=False)
+    _counts: dict[str, int] = field(factory=dict, init=False, repr=False)
+    _errors_file: Path | None = field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -230,6 +228,7 @@ class Runner:
             raise ConfigError(f"limit must be >= 0, got {self.limit}")
         if self.output is not None and self.output.resolve() == self.input.resolve():
             raise ConfigError("the output file is the input file")
+        self._ledger = Ledger(self.topology, self.prices)
 
     def _items(self) -> Iterator[Record | BadLine]:
         for count, item in enumerate(read_records(self.input)):
@@ -252,11 +251,17 @@ class Runner:
     async def run(self) -> RunSummary:
         """Run every record and return the summary.
 
+        The summary is also written next to the output (:func:`summary_path`), even when the run is
+        cancelled; then it says ``"interrupted": true``.
+
         Raises:
             InputError: The input cannot be read, or (with ``strict``) has bad lines; nothing ran.
         """
+        with structlog.contextvars.bound_contextvars(run_id=self.run_id):
+            return await self._run()
+
+    async def _run(self) -> RunSummary:
         log = get_logger(__name__, input=str(self.input))
-        start = time.monotonic()
         errors_path = None if self.output is None else _errors_path(self.output)
         if self.strict:
             bad = self._check()
@@ -270,71 +275,121 @@ class Runner:
                 )
         total = _count_records(self.input)
         self.progress = Progress(total=total if self.limit is None else min(total or self.limit, self.limit))
+        self._ledger = Ledger(self.topology, self.prices)
+        self._counts = {"records": 0, "bad": 0}
+        started = time.time()
         progress_file = None if self.output is None else progress_path(self.output, self.format)
         done_ids = set() if progress_file is None else _resume(progress_file)
-        usage = Usage()
-        records = bad_count = 0
         bad_lines: list[BadLine] = []
+        finished = False
+        log.info("run started", output=str(self.output) if self.output else None, resumed=len(done_ids))
         send, receive = anyio.create_memory_object_stream[Record](0)
-        with (
-            open(progress_file, "a", encoding="utf-8")  # noqa: ASYNC230 - appends of one line
-            if progress_file is not None
-            else open(os.dup(1), "w", encoding="utf-8")  # noqa: ASYNC230
-        ) as out:
+        try:
+            with (
+                open(progress_file, "a", encoding="utf-8")  # noqa: ASYNC230 - appends of one line
+                if progress_file is not None
+                else open(os.dup(1), "w", encoding="utf-8")  # noqa: ASYNC230
+            ) as out:
 
-            def write(line: dict[str, Any]) -> None:
-                out.write(json.dumps(line, ensure_ascii=False) + "\n")
-                out.flush()
+                async def worker(records_in: MemoryObjectReceiveStream[Record]) -> None:
+                    async with records_in:
+                        async for record in records_in:
+                            line, completion_tokens = await self._answer(record)
+                            # no await from here on: a record is written whole or not at all
+                            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                            out.flush()
+                            if line["status"] == "done":
+                                self.progress.done += 1
+                            else:
+                                self.progress.failed += 1
+                            self.progress.completion_tokens += completion_tokens
+                            if self.on_progress is not None:
+                                self.on_progress(self.progress)
 
-            async def worker(records_in: MemoryObjectReceiveStream[Record]) -> None:
-                nonlocal usage
-                async with records_in:
-                    async for record in records_in:
-                        line, record_usage = await self._answer(record)
-                        usage = usage + record_usage
-                        write(line)
-                        if line["status"] == "done":
-                            self.progress.done += 1
-                        else:
-                            self.progress.failed += 1
-                        self.progress.completion_tokens += record_usage.completion_tokens
-                        if self.on_progress is not None:
-                            self.on_progress(self.progress)
+                async with anyio.create_task_group() as tg:
+                    for _ in range(self.concurrency):
+                        tg.start_soon(worker, receive.clone())
+                    receive.close()
+                    async with send:
+                        seen: set[str] = set()
+                        for item in self._items():
+                            self._counts["records"] += 1
+                            if isinstance(item, Record) and _key(item.id) in seen:
+                                item = BadLine(item.line, f"duplicate id {item.id!r}", json.dumps(item.data))
+                            if isinstance(item, BadLine):
+                                self._counts["bad"] += 1
+                                bad_lines.append(item)
+                                log.warning(
+                                    "bad input line", where=f"{self.input}:{item.line}", error=item.error
+                                )
+                                continue
+                            seen.add(_key(item.id))
+                            if _key(item.id) in done_ids:
+                                self.progress.resumed += 1
+                                continue
+                            await send.send(item)
+            self._write_bad(errors_path, bad_lines)
+            self._errors_file = errors_path if bad_lines else None
+            if self.output is not None and self.format != "jsonl":
+                self._convert()
+            finished = True
+        finally:
+            summary = self.summary(interrupted=not finished, started=started)
+            self._write_summary(summary)
+            log.info(
+                "run finished" if finished else "run interrupted",
+                done=summary.done,
+                failed=summary.failed,
+                completion_tokens=summary.usage.completion_tokens,
+            )
+        return summary
 
-            async with anyio.create_task_group() as tg:
-                for _ in range(self.concurrency):
-                    tg.start_soon(worker, receive.clone())
-                receive.close()
-                async with send:
-                    seen: set[str] = set()
-                    for item in self._items():
-                        records += 1
-                        if isinstance(item, Record) and _key(item.id) in seen:
-                            item = BadLine(item.line, f"duplicate id {item.id!r}", json.dumps(item.data))
-                        if isinstance(item, BadLine):
-                            bad_count += 1
-                            bad_lines.append(item)
-                            log.warning("bad input line", where=f"{self.input}:{item.line}", error=item.error)
-                            continue
-                        seen.add(_key(item.id))
-                        if _key(item.id) in done_ids:
-                            self.progress.resumed += 1
-                            continue
-                        await send.send(item)
-        self._write_bad(errors_path, bad_lines)
-        if self.output is not None and self.format != "jsonl":
-            self._convert()
+    def summary(self, *, interrupted: bool = False, started: float | None = None) -> RunSummary:
+        """What the run has done so far (also while it runs, or after it was cancelled)."""
+        report = self._ledger.report()
+        report["run_id"] = self.run_id
+        report["interrupted"] = interrupted
+        if started is not None:
+            report["started"] = _iso(started)
+            report["finished"] = _iso(time.time())
         return RunSummary(
-            records=records,
+            records=self._counts.get("records", 0),
             done=self.progress.done,
             resumed=self.progress.resumed,
             failed=self.progress.failed,
-            bad=bad_count,
-            usage=usage,
-            elapsed=time.monotonic() - start,
+            bad=self._counts.get("bad", 0),
+            usage=self._ledger.total,
+            elapsed=time.monotonic() - self.progress.started,
             output=self.output,
-            errors=errors_path if bad_lines else None,
+            errors=self._errors_file,
+            run_id=self.run_id,
+            cost=self._ledger.total_cost,
+            interrupted=interrupted,
+            report=report,
         )
+
+    def _write_summary(self, summary: RunSummary) -> None:
+        if self.output is None:
+            return
+        data = {
+            "run_id": summary.run_id,
+            "input": str(self.input),
+            "output": str(self.output),
+            "interrupted": summary.interrupted,
+            "records": {
+                "read": summary.records,
+                "done": summary.done,
+                "resumed": summary.resumed,
+                "failed": summary.failed,
+                "bad": summary.bad,
+            },
+            "elapsed": round(summary.elapsed, 3),
+            **{k: v for k, v in summary.report.items() if k not in ("run_id", "interrupted")},
+        }
+        path = summary_path(self.output)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
 
     def _write_bad(self, path: Path | None, bad: list[BadLine]) -> None:
         if path is None:
@@ -347,30 +402,42 @@ class Runner:
                 entry = {"file": str(self.input), "line": item.line, "error": item.error, "text": item.text}
                 handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
-    async def _answer(self, record: Record) -> tuple[dict[str, Any], Usage]:
-        log = get_logger(__name__, record=record.id)
-        start = time.monotonic()
-        conversation = list(record.conversation)
-        results: list[Result] = []
-        line: dict[str, Any] = {**record.data, "id": record.id}
-        try:
-            for followup in (None, *record.followups):
-                if followup is not None:
-                    conversation += [Message("assistant", results[-1].text), Message("user", followup)]
-                results.append(await self.topology.run(conversation))
-        except (AftError, Exception) as exc:  # a failed record is written, never dropped
-            log.warning("record failed", error=repr(exc))
-            line.update(status="error", error=f"{type(exc).__name__}: {exc}")
-        else:
-            line.update(status="done", response=results[-1].text)
-            if record.followups:
-                line["responses"] = [r.text for r in results]
-        usage = Usage.sum(r.usage for r in results)
-        line["usage"] = _usage(usage)
-        line["timings"] = {"elapsed": round(time.monotonic() - start, 4)}
-        if self.trace:
-            line["trace"] = [_trace(r) for r in results]
-        return line, usage
+    async def _answer(self, record: Record) -> tuple[dict[str, Any], int]:
+        """Answer one record; returns its output line and the tokens it generated."""
+        with structlog.contextvars.bound_contextvars(record=record.id):
+            log = get_logger(__name__)
+            start = time.monotonic()
+            conversation = list(record.conversation)
+            results: list[Result] = []
+            line: dict[str, Any] = {**record.data, "id": record.id}
+            failures: list[AgentFailure] = []
+            try:
+                for followup in (None, *record.followups):
+                    if followup is not None:
+                        conversation += [Message("assistant", results[-1].text), Message("user", followup)]
+                    results.append(await self.topology.run(conversation))
+            except (AftError, Exception) as exc:  # a failed record is written, never dropped
+                log.warning("record failed", error=f"{type(exc).__name__}: {exc}")
+                line.update(status="error", error=f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, QuorumError):
+                    failures += exc.failures
+            else:
+                line.update(status="done", response=results[-1].text)
+                if record.followups:
+                    line["responses"] = [r.text for r in results]
+            for result in results:
+                self._ledger.add(result)
+            failures = [f for r in results for f in r.failures] + failures
+            if failures:
+                line["failures"] = [failure_dict(f) for f in failures]
+            costs = [self._ledger.cost(r) for r in results]
+            cost = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+            usage = Usage.sum(r.usage for r in results)
+            line["usage"] = usage_dict(usage, cost)
+            line["timings"] = {"elapsed": round(time.monotonic() - start, 4)}
+            if self.trace:
+                line["trace"] = [trace(r) for r in results]
+            return line, usage.completion_tokens
 
     def _convert(self) -> None:
         """Write the final output file in the chosen format from the progress file, atomically."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -19,8 +20,9 @@ import structlog
 import yaml
 
 from . import config
+from ._accounting import PriceTable
 from ._errors import AftError, ConfigError, InputError
-from ._runner import FORMATS, Progress, Runner, RunSummary, progress_path
+from ._runner import FORMATS, Progress, Runner, RunSummary, progress_path, summary_path
 from ._topology import Topology
 from .finetune import _data_cli as data_cli
 from .finetune import _train_cli as train_cli
@@ -52,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--format", choices=FORMATS, default="jsonl", help="output format (default jsonl)")
         sub.add_argument("--trace", action="store_true", help="write every layer's candidates")
         sub.add_argument("--strict", action="store_true", help="check the whole input before generating")
+        sub.add_argument("--prices", type=Path, help="price table (YAML: model -> per-million prices)")
         sub.add_argument("--log-json", action="store_true", help="log JSON lines to standard error")
     data_cli.add_parser(commands)
     train_cli.add_parser(commands)
@@ -105,20 +108,39 @@ class _ProgressLine:
 def _summary(summary: RunSummary) -> str:
     u = summary.usage
     lines = [
+        f"run {summary.run_id}" + (" (interrupted)" if summary.interrupted else ""),
         f"records: {summary.records} read, {summary.done} done, {summary.resumed} already done, "
         f"{summary.failed} failed, {summary.bad} bad lines",
-        f"tokens: {u.prompt_tokens:,} prompt, {u.completion_tokens:,} completion, {u.requests:,} requests",
-        f"wall time: {summary.elapsed:,.1f}s",
+        f"tokens: {u.prompt_tokens:,} prompt ({u.cached_tokens:,} cached), "
+        f"{u.completion_tokens:,} completion, {u.requests:,} requests",
     ]
+    for layer in summary.report.get("layers", []):
+        agents = ", ".join(
+            f"{name} {a['prompt_tokens']:,}+{a['completion_tokens']:,}" for name, a in layer["agents"].items()
+        )
+        lines.append(f"  layer {layer['layer']}: {agents}")
+    for failed in summary.report.get("failed_agents", []):
+        lines.append(
+            f"  agent {failed['agent']} of layer {failed['layer']} failed in {failed['records']} record(s)"
+        )
+    if summary.cost is not None:
+        lines.append(f"cost: {summary.cost:,.4f}")
+    lines.append(f"wall time: {summary.elapsed:,.1f}s")
     if summary.output is not None:
         lines.append(f"output: {summary.output}")
+        lines.append(f"summary: {summary_path(summary.output)}")
     if summary.errors is not None:
         lines.append(f"bad lines: {summary.errors}")
     return "\n".join(lines)
 
 
-async def _run(args: argparse.Namespace) -> RunSummary:
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _run(args: argparse.Namespace) -> tuple[RunSummary, int | None]:
+    """Run the command; returns the summary and the signal that stopped it, if one did."""
     demo = args.config is None
+    prices = None if args.prices is None else PriceTable.load(args.prices)
     topology = _demo_topology() if demo else config.load(args.config)
     runner = Runner(
         topology,
@@ -131,16 +153,35 @@ async def _run(args: argparse.Namespace) -> RunSummary:
         strict=args.strict,
         generator=_generator(topology),
         on_progress=_ProgressLine() if sys.stderr.isatty() else None,
+        prices=prices,
     )
     if args.input is not None and not args.input.is_file():
         raise InputError("no such input file", where=str(args.input))
-    async with topology:
-        summary = await runner.run()
+    stopped_by: int | None = None
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        nonlocal stopped_by
+        with anyio.open_signal_receiver(*_SIGNALS) as signals:
+            async for signum in signals:
+                stopped_by = signum
+                scope.cancel()  # aborts every request in flight; engines still close, shielded
+                return
+
+    summary: RunSummary | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg.cancel_scope)
+        try:
+            async with topology:
+                summary = await runner.run()
+        finally:
+            tg.cancel_scope.cancel()
     if sys.stderr.isatty():
         sys.stderr.write("\n")
-    if demo:
+    if summary is None:  # stopped by a signal: the runner wrote what it had finished
+        summary = runner.summary(interrupted=True)
+    elif demo:
         print(_DEMO_NOTE, file=sys.stderr)
-    return summary
+    return summary, stopped_by
 
 
 def _quiet_vllm() -> None:
@@ -150,7 +191,11 @@ def _quiet_vllm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 some records failed, 2 bad usage)."""
+    """Run the command line; returns the exit status.
+
+    0: every record answered; 1: some records failed; 2: bad usage, config or input; 130 / 143: stopped
+    by SIGINT (Ctrl-C) / SIGTERM, with the output left resumable.
+    """
     args = _parser().parse_args(argv)
     _quiet_vllm()
     _configure_logging(getattr(args, "log_json", False))
@@ -158,20 +203,23 @@ def main(argv: list[str] | None = None) -> int:
     if handler is not None:  # `aftlib data ...` and `aftlib train ...` own their error handling
         return int(handler(args))
     try:
-        summary = anyio.run(_run, args, backend="asyncio")
+        summary, stopped_by = anyio.run(_run, args, backend="asyncio")
     except (ConfigError, InputError) as exc:
         print(f"aftlib: error: {exc}", file=sys.stderr)
         return 2
     except AftError as exc:
         print(f"aftlib: failed: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the run could watch for signals (while engines start)
+        print("aftlib: interrupted before the run started", file=sys.stderr)
+        return 130
+    print(_summary(summary), file=sys.stderr)
+    if stopped_by is not None:
         where = (
             "" if args.output is None else f"; rerun to resume from {progress_path(args.output, args.format)}"
         )
-        print(f"aftlib: interrupted{where}", file=sys.stderr)
-        return 130
-    print(_summary(summary), file=sys.stderr)
+        print(f"aftlib: interrupted by {signal.Signals(stopped_by).name}{where}", file=sys.stderr)
+        return 128 + stopped_by
     return 0 if summary.ok else 1
 
 

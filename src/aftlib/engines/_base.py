@@ -93,7 +93,9 @@ class Engine(anyio.abc.AsyncResource):
     ) -> None:
         self._entered -= 1
         if self._entered == 0:
-            await self.aclose()
+            # A cancelled run (Ctrl-C, a closed stream) still closes its engines all the way.
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
 
 
 async def collect(stream: AsyncGenerator[StreamItem, None]) -> Completion:

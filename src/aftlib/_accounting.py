@@ -1,0 +1,249 @@
+"""Token accounting and cost: usage summed per agent, layer, model and run, priced from a table.
+
+A price table is a YAML (or JSON) mapping of model to prices per million tokens::
+
+    gpt-4o-mini: {prompt: 0.15, completion: 0.60, cached: 0.075}
+    /models/llama-aft: {prompt: 0.0, completion: 0.0}
+
+A model is found by its engine's name first, then by the model the engine serves. Cached prompt tokens
+cost ``cached`` when given, else the prompt price. The unit is whatever currency the table is written in.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from attrs import define, field, frozen
+
+from ._errors import ConfigError
+from ._results import Result
+from ._topology import Topology
+from ._types import Usage
+from .engines._base import Engine
+
+__all__ = ("Ledger", "Price", "PriceTable", "usage_dict")
+
+_PER = 1_000_000
+
+
+def _price(name: str) -> Any:
+    def check(_: object, attribute: Any, value: float | None) -> None:
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"a price is a number >= 0, got {value!r}", path=name)
+
+    return check
+
+
+@frozen
+class Price:
+    """What one model costs per million tokens.
+
+    Attributes:
+        prompt: Per million prompt tokens not served from a cache.
+        completion: Per million generated tokens.
+        cached: Per million prompt tokens served from the prefix cache; None charges the prompt price.
+    """
+
+    prompt: float = field(converter=float, validator=_price("prompt"))
+    completion: float = field(converter=float, validator=_price("completion"))
+    cached: float | None = field(default=None, validator=_price("cached"))
+
+    def cost(self, usage: Usage) -> float:
+        """The cost of ``usage`` at these prices."""
+        cached = self.prompt if self.cached is None else self.cached
+        fresh = usage.prompt_tokens - usage.cached_tokens
+        return (
+            fresh * self.prompt + usage.cached_tokens * cached + usage.completion_tokens * self.completion
+        ) / _PER
+
+
+@frozen
+class PriceTable:
+    """Prices by model.
+
+    Attributes:
+        prices: ``{model: Price}``.
+    """
+
+    prices: Mapping[str, Price] = field(factory=dict)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PriceTable:
+        """Read a price table from a YAML or JSON file.
+
+        Raises:
+            ConfigError: The file is unreadable or malformed; the error names the model and key.
+        """
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read the price table: {exc.strerror or exc}", source=source) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}", source=source) from None
+        return cls.parse(data, source=source)
+
+    @classmethod
+    def parse(cls, data: Any, *, source: str | None = None) -> PriceTable:
+        """Build a price table from ``{model: {prompt, completion, cached?}}``.
+
+        Raises:
+            ConfigError: The data is malformed; the error names the model and key.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError("a price table maps model names to prices", source=source)
+        prices = {}
+        for model, spec in data.items():
+            if not isinstance(spec, Mapping):
+                raise ConfigError("expected {prompt: ..., completion: ...}", path=str(model), source=source)
+            unknown = sorted(set(spec) - {"prompt", "completion", "cached"})
+            if unknown:
+                raise ConfigError(
+                    f"unknown key {unknown[0]!r}; a price has prompt, completion and cached",
+                    path=f"{model}.{unknown[0]}",
+                    source=source,
+                )
+            for key in ("prompt", "completion"):
+                if key not in spec:
+                    raise ConfigError(f"missing key {key!r}", path=f"{model}.{key}", source=source)
+            try:
+                prices[str(model)] = Price(spec["prompt"], spec["completion"], spec.get("cached"))
+            except (TypeError, ValueError) as exc:
+                path = exc.path if isinstance(exc, ConfigError) else None
+                message = exc.message if isinstance(exc, ConfigError) else str(exc)
+                raise ConfigError(
+                    message, path=f"{model}.{path}" if path else str(model), source=source
+                ) from None
+        return cls(prices)
+
+    def find(self, engine: Engine) -> Price | None:
+        """The price of ``engine``'s model: by engine name, then by the model it serves; None if absent."""
+        for key in _model_names(engine):
+            if key in self.prices:
+                return self.prices[key]
+        return None
+
+
+def _model_names(engine: Engine) -> list[str]:
+    names = [engine.name]
+    inner: Any = engine
+    while inner is not None:
+        model = getattr(inner, "model", None)
+        if isinstance(model, str):
+            names.append(model)
+        inner = getattr(inner, "inner", None)
+    return names
+
+
+def usage_dict(usage: Usage, cost: float | None = None) -> dict[str, Any]:
+    """``usage`` as a JSON-ready mapping, with its cost when known."""
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "requests": usage.requests,
+    }
+    if cost is not None:
+        out["cost"] = round(cost, 8)
+    return out
+
+
+@define
+class Ledger:
+    """Usage of many results, summed per agent, layer, model and in all, and priced.
+
+    Args:
+        topology: The topology the results come from (it tells which engine each agent uses).
+        prices: Prices by model, or None to count tokens only.
+    """
+
+    topology: Topology
+    prices: PriceTable | None = None
+    by_agent: dict[tuple[int, str], Usage] = field(factory=dict, init=False)
+    failed_agents: dict[tuple[int, str], int] = field(factory=dict, init=False)
+    _engines: dict[tuple[int, str], Engine] = field(factory=dict, init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        for index, layer in enumerate(self.topology.layers):
+            for agent in layer.agents:
+                self._engines[(index, agent.name)] = agent.engine
+        self._engines[(len(self.topology.layers), self.topology.final.name)] = self.topology.final.engine
+
+    def add(self, result: Result) -> None:
+        """Count one result's usage and failed agents."""
+        for key, usage in result.usage_by_agent().items():
+            self.by_agent[key] = self.by_agent.get(key, Usage()) + usage
+        for failure in result.failures:
+            key = (failure.layer, failure.agent)
+            self.failed_agents[key] = self.failed_agents.get(key, 0) + 1
+
+    def cost(self, result: Result) -> float | None:
+        """The cost of one result, or None without prices or when a model it used has no price."""
+        return self._cost(result.usage_by_agent())
+
+    @property
+    def total(self) -> Usage:
+        """Everything counted so far."""
+        return Usage.sum(self.by_agent.values())
+
+    @property
+    def total_cost(self) -> float | None:
+        """The cost of everything counted so far (None as for :meth:`cost`)."""
+        return self._cost(self.by_agent)
+
+    def _price(self, key: tuple[int, str]) -> Price | None:
+        engine = self._engines.get(key)
+        return None if self.prices is None or engine is None else self.prices.find(engine)
+
+    def _cost(self, usage: Mapping[tuple[int, str], Usage]) -> float | None:
+        if self.prices is None:
+            return None
+        total = 0.0
+        for key, used in usage.items():
+            price = self._price(key)
+            if price is None:
+                return None
+            total += price.cost(used)
+        return total
+
+    def report(self) -> dict[str, Any]:
+        """The totals as a JSON-ready mapping: in all, per layer and agent, per model, failed agents."""
+        layers: dict[int, dict[str, Usage]] = {}
+        for (index, agent), usage in sorted(self.by_agent.items()):
+            layers.setdefault(index, {})[agent] = usage
+        models: dict[str, Usage] = {}
+        model_keys: dict[str, list[tuple[int, str]]] = {}
+        for key, usage in self.by_agent.items():
+            engine = self._engines.get(key)
+            name = engine.name if engine is not None else "?"
+            models[name] = models.get(name, Usage()) + usage
+            model_keys.setdefault(name, []).append(key)
+        return {
+            "usage": usage_dict(self.total, self.total_cost),
+            "layers": [
+                {
+                    "layer": index,
+                    "usage": usage_dict(
+                        Usage.sum(agents.values()), self._cost({(index, a): u for a, u in agents.items()})
+                    ),
+                    "agents": {
+                        agent: usage_dict(usage, self._cost({(index, agent): usage}))
+                        for agent, usage in agents.items()
+                    },
+                }
+                for index, agents in sorted(layers.items())
+            ],
+            "engines": {
+                name: usage_dict(usage, self._cost({k: self.by_agent[k] for k in model_keys[name]}))
+                for name, usage in models.items()
+            },
+            "failed_agents": [
+                {"layer": index, "agent": agent, "records": count}
+                for (index, agent), count in sorted(self.failed_agents.items())
+            ],
+        }
