@@ -42,8 +42,8 @@ from ._results import (
 )
 from ._runner import Progress, Runner, RunSummary
 from ._templates import PromptTemplate
-from ._trace import TracedRequest, traced_requests
 from ._topology import Layer, Topology
+from ._trace import TracedRequest, traced_requests
 from ._types import ChatRequest, Completion, Delta, Message, Sample, SamplingParams, Usage
 
 __version__ = "0.1.0"
