@@ -87,7 +87,7 @@ def broken(path: tuple[str, ...], value: object) -> dict[str, object]:
             "unknown key for an engine of type openai",
         ),
         (("layers",), [["agg"]], "layers", "aggregator in the first layer"),
-        (("agents", "p1", "template"), "nope", "agents.p1", "template 'nope' not found"),
+        (("agents", "p1", "template"), "nope", "agents.p1.template", "template 'nope' is not a built-in"),
         (("agents", "seq", "window"), 0, "agents.seq", "window must be at least 2"),
         (("agents", "seq", "window"), KeyError, "agents.seq.window", "only with, role sequential_aggregator"),
         (("agents", "p1", "shuffle"), 3, "agents.p1.shuffle", "a proposer reads no references"),
@@ -212,3 +212,43 @@ def test_layer_and_retry_mistakes_name_the_key(
     with pytest.raises(ConfigError, match=message) as info:
         config.parse(data, source="mix.yaml")
     assert (info.value.path, info.value.source) == (path, "mix.yaml")
+
+
+def test_user_templates_come_only_from_the_template_directories(tmp_path: Path) -> None:
+    """A config's template is a built-in or a .j2 file inside template_dirs; other paths are refused.
+
+    So a config file cannot pull other files into prompts.
+    """
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "mine.j2").write_text("Be brief.")
+    (tmp_path / "outside.j2").write_text("{{ 'read me' }}")
+    (tmp_path / "notes.txt").write_text("private")
+
+    def write(template: str, dirs: list[str] | None) -> Path:
+        data: dict[str, object] = {
+            "engines": {"f": {"type": "fake"}},
+            "agents": {
+                "a": {"engine": "f", "template": template},
+                "j": {"engine": "f", "role": "aggregator"},
+            },
+            "layers": [["a"]],
+            "final": "j",
+        }
+        if dirs is not None:
+            data["template_dirs"] = dirs
+        path = tmp_path / "mix.yaml"
+        path.write_text(json.dumps(data))
+        return path
+
+    agent = config.load(write("mine", ["prompts"])).layers[0].agents[0]
+    assert agent.template.render(system=None, references=[]) == "Be brief."
+    assert config.load(write("prompts/mine.j2", None)).layers[0].agents[0].template.name.endswith("mine.j2")
+    for refused, dirs in [
+        ("../outside.j2", ["prompts"]),
+        (str(tmp_path / "outside.j2"), ["prompts"]),
+        ("notes.txt", None),
+        ("/etc/passwd", None),
+    ]:
+        with pytest.raises(ConfigError, match="not a built-in template") as info:
+            config.load(write(refused, dirs))
+        assert info.value.path == "agents.a.template"

@@ -36,6 +36,7 @@ from attrs import field, frozen
 
 from ._agents import Agent, Aggregator, Proposer, SequentialAggregator
 from ._errors import ConfigError
+from ._templates import builtin_templates
 from ._topology import Layer, Topology
 from ._types import SamplingParams
 from .engines._base import Engine
@@ -175,6 +176,11 @@ class TopologyConfig:
     A layer is a list of agent names, or a mapping (:class:`LayerConfig`) with ``agents`` and a quorum
     (``min_candidates``) or ``deadline``. Any engine may have a ``retry`` mapping (:class:`RetryConfig`).
 
+    An agent's ``template`` is a built-in template name or a ``.j2`` file found in one of
+    ``template_dirs`` (relative to the config file's folder; by default that folder alone). A template
+    path that leads outside those folders is refused, so a config file cannot make aftlib read
+    arbitrary files into prompts.
+
     Example::
 
         engines:
@@ -198,11 +204,18 @@ class TopologyConfig:
     agents: dict[str, AgentConfig]
     layers: list[list[str] | LayerConfig]
     final: str
+    template_dirs: list[str] | None = None
 
-    def topology(self) -> Topology:
-        """Build the engines (not started), the agents and the topology."""
+    def topology(self, base: Path | None = None) -> Topology:
+        """Build the engines (not started), the agents and the topology.
+
+        Args:
+            base: The folder relative paths are read from (the config file's); None for the current one.
+        """
+        folder = Path.cwd() if base is None else base
+        dirs = [folder] if self.template_dirs is None else [folder / d for d in self.template_dirs]
         engines = {name: _engine(name, spec, self.engines) for name, spec in self.engines.items()}
-        agents = {name: self._agent(name, spec, engines) for name, spec in self.agents.items()}
+        agents = {name: self._agent(name, spec, engines, dirs) for name, spec in self.agents.items()}
         if not self.layers:
             raise ConfigError("a topology needs at least one layer before the final agent", path="layers")
         layers = []
@@ -233,7 +246,7 @@ class TopologyConfig:
         except ConfigError as exc:
             raise ConfigError(exc.message, path=exc.path or "layers") from None
 
-    def _agent(self, name: str, spec: AgentConfig, engines: Mapping[str, Engine]) -> Agent:
+    def _agent(self, name: str, spec: AgentConfig, engines: Mapping[str, Engine], dirs: list[Path]) -> Agent:
         path = f"agents.{name}"
         if spec.engine not in engines:
             raise ConfigError(_unknown("engine", spec.engine, engines), path=f"{path}.engine")
@@ -244,7 +257,7 @@ class TopologyConfig:
         sampling = SamplingParams(s.temperature, s.top_p, s.max_tokens, s.n, s.seed, s.stop)
         common: dict[str, Any] = {"sampling": sampling, "name": name, "lora": spec.lora}
         if spec.template is not None:
-            common["template"] = spec.template
+            common["template"] = _template(spec.template, dirs, f"{path}.template")
         engine = engines[spec.engine]
         roles = ("proposer", "aggregator", "sequential_aggregator")
         if spec.role not in roles:
@@ -264,6 +277,24 @@ class TopologyConfig:
             return SequentialAggregator(engine, shuffle=spec.shuffle, window=spec.window, **common)
         except ConfigError as exc:
             raise ConfigError(exc.message, path=f"{path}.{exc.path}" if exc.path else path) from None
+
+
+def _template(name: str, dirs: list[Path], path: str) -> str:
+    """A built-in template's name, or the path of a template file inside one of ``dirs``."""
+    if name in builtin_templates():
+        return name
+    for folder in dirs:
+        root = folder.resolve()
+        for file in (name, f"{name}.j2"):
+            candidate = (root / file).resolve()
+            if candidate.is_relative_to(root) and candidate.suffix == ".j2" and candidate.is_file():
+                return str(candidate)
+    raise ConfigError(
+        f"template {name!r} is not a built-in template ({', '.join(builtin_templates())}) nor a .j2 file "
+        f"inside the template directories ({', '.join(str(d) for d in dirs)}); list the folder of your "
+        "templates under template_dirs",
+        path=path,
+    )
 
 
 def _gpu_share(specs: Mapping[str, Any]) -> float | None:
@@ -407,7 +438,7 @@ def _structure(data: Any, kind: type[T], source: str | None, *, prefix: str | No
         raise ConfigError(_KEY.sub(r".\1", message), path=path, source=source) from None
 
 
-def parse(data: Any, *, source: str | None = None) -> Topology:
+def parse(data: Any, *, source: str | None = None, base: Path | None = None) -> Topology:
     """Build a topology from config data already read from YAML or JSON.
 
     A mapping with ``model_name`` is the AFT reference config; one with ``engines``, ``agents``,
@@ -416,6 +447,8 @@ def parse(data: Any, *, source: str | None = None) -> Topology:
     Args:
         data: The config as a mapping.
         source: Where it came from, for error messages.
+        base: The folder that template directories are relative to (the config file's folder); None for
+            the current folder.
 
     Raises:
         ConfigError: The config is malformed; the error names the key path.
@@ -435,7 +468,7 @@ def parse(data: Any, *, source: str | None = None) -> Topology:
         )
     config = _structure(data, kind, source)
     try:
-        return config.topology()
+        return config.topology(base) if isinstance(config, TopologyConfig) else config.topology()
     except ConfigError as exc:
         raise ConfigError(exc.message, path=exc.path, source=source) from None
 
@@ -461,4 +494,4 @@ def load(path: str | os.PathLike[str]) -> Topology:
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"not valid YAML: {problem}", source=where) from None
-    return parse(data, source=source)
+    return parse(data, source=source, base=Path(path).resolve().parent)
