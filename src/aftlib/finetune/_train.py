@@ -234,7 +234,7 @@ class TrainConfig:
         merge: With LoRA, write the base model with the adapters merged in (served like any model);
             ``False`` writes only the adapter (served on the base model as a LoRA adapter).
         bf16: Mixed precision in bfloat16; ``None`` turns it on when a CUDA GPU supports it.
-        extra: More ``SFTConfig`` arguments (``warmup_ratio``, ``lr_scheduler_type``,
+        extra: More ``SFTConfig`` arguments (``warmup_steps``, ``lr_scheduler_type``,
             ``gradient_checkpointing``, ``report_to``, ...), checked against ``SFTConfig``.
 
     Raises:
@@ -305,12 +305,25 @@ class TrainConfig:
         return cls.from_mapping(data, source=source)
 
 
+# The names TRL, transformers and peft give some settings, for a better hint on an unknown key.
+_ALIASES = {
+    **_OWN_ARGUMENTS,
+    "model_name": "model",
+    "model_name_or_path": "model",
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+}
+
+
 def _check_keys(data: Mapping[Any, Any], kind: type[Any], *, prefix: str, source: str | None) -> None:
     fields = attrs.fields(kind)
     known = [f.name for f in fields]
     for key in data:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
+            alias = _ALIASES.get(str(key))
+            close = [alias] if alias in known else difflib.get_close_matches(str(key), known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(
                 f"unknown key {key!r}; {hint}known keys: {', '.join(known)}",
