@@ -11,6 +11,7 @@ from ._card import DataCard, DatasetWriter, card_path, load_tokenizer, skipped_p
 from ._examples import Example, Skip, Source, aggregation_example, direct_example
 from ._preference import PreferenceRecord, Response, read_preferences
 from ._traces import examples_from_trace
+from ._train import LoraSettings, LossPoint, TrainConfig, TrainResult, train
 
 __all__: tuple[str, ...] = (
     # data
@@ -33,4 +34,10 @@ __all__: tuple[str, ...] = (
     "read_preferences",
     "skipped_path",
     "write_dataset",
+    # train
+    "LoraSettings",
+    "LossPoint",
+    "TrainConfig",
+    "TrainResult",
+    "train",
 )
