@@ -659,3 +659,41 @@ async def test_config_errors_name_the_parameter() -> None:
         await collect(build_off_policy(read_preferences(UF), k=0))
     with pytest.raises(ConfigError, match="direct_ratio"):
         await collect(build_on_policy(FakeEngine(), read_preferences(UF), direct_ratio=-0.5))
+
+
+def test_model_option_drafts_on_a_vllm_engine_with_cli_sampling(tmp_path: Path) -> None:
+    """on-policy --model builds (without starting) a vLLM engine of that folder; sampling flags override."""
+    from aftlib.engines import VLLMEngine
+    from aftlib.finetune._data_cli import _drafter
+
+    args = ["data", "on-policy", "--input", str(UF), "--output", str(tmp_path / "o.jsonl")]
+    parser_args = _parse(
+        [*args, "--model", str(tmp_path / "base"), "--max-model-len", "4096", "--top-p", "0.5"]
+    )
+    engine, sampling, lora, topology = _drafter(parser_args)
+    assert isinstance(engine, VLLMEngine)
+    assert (engine.model, engine.engine_args, engine.name) == (
+        str(tmp_path / "base"),
+        {"max_model_len": 4096},
+        "base",
+    )
+    assert (sampling.temperature, sampling.top_p, sampling.max_tokens) == (0.7, 0.5, 1024)
+    assert (lora, topology) == (None, None)
+
+
+def test_a_file_that_is_not_a_progress_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A progress path holding something else stops the run with exit 2 naming the file and line."""
+    out = tmp_path / "o.jsonl"
+    (tmp_path / "o.jsonl.progress.jsonl").write_text('{"not": "ours"}\n')
+    config = Path(__file__).parents[1] / "examples" / "configs" / "dry_run.yaml"
+    args = ["--input", str(UF), "--output", str(out), "--config", str(config), "--k", "2"]
+    assert main(["data", "on-policy", *args]) == 2
+    assert "o.jsonl.progress.jsonl:1: not a progress file" in capsys.readouterr().err
+
+
+def _parse(argv: list[str]) -> Any:
+    from aftlib.cli import _parser
+
+    return _parser().parse_args(argv)

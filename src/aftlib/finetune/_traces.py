@@ -90,30 +90,29 @@ def _record_examples(
     conversation = list(record.conversation)
     previous: str | None = None
     for turn, (followup, entry) in enumerate(zip(followups, trace, strict=True)):
-        turn_source = source
         if followup is not None:
             assert previous is not None
             conversation += [Message("assistant", previous), Message("user", followup)]
         try:
             drafts, answer = _turn(entry, turn)
         except InputError as exc:
-            yield Skip("malformed record", str(exc), turn_source)
+            yield Skip("malformed record", str(exc), source)
             return
         previous = answer
         label = f"turn {turn + 1}: " if len(trace) > 1 else ""
         drafts = [d for d in drafts if d.strip()]
         if not drafts:
-            yield Skip("no drafts", f"{label}the last layer has no draft with text", turn_source)
+            yield Skip("no drafts", f"{label}the last layer has no draft with text", source)
             continue
         if not answer.strip():
-            yield Skip("empty target", f"{label}the final answer is empty", turn_source)
+            yield Skip("empty target", f"{label}the final answer is empty", source)
             continue
         key = source.key if turn == 0 else f"{source.key} turn {turn + 1}"
         yield from examples_for(
             conversation,
             drafts,
             answer,
-            source=turn_source,
+            source=source,
             template=template,
             direct=wants_direct(seed, key, direct_ratio),
         )
