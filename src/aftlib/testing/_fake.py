@@ -164,6 +164,8 @@ class FakeEngine(Engine):
     requests: list[ChatRequest] = field(factory=list, init=False)
     injected: Counter[str] = field(factory=Counter, init=False)
     """The faults injected so far, by kind."""
+    arrivals: int = field(default=0, init=False)
+    """Requests received so far (the next request's number); unlike :attr:`requests`, never cleared."""
     in_flight: int = field(default=0, init=False)
     """Requests started and not yet finished, failed or cancelled (generations and open streams)."""
     peak_in_flight: int = field(default=0, init=False)
@@ -231,7 +233,7 @@ class FakeEngine(Engine):
 
     def _arrive(self, request: ChatRequest) -> Fault | None:
         """Record ``request``, count it in flight, and pick its fault."""
-        number = len(self.requests)
+        number, self.arrivals = self.arrivals, self.arrivals + 1
         self.requests.append(request)
         self.in_flight += 1
         if self.in_flight > self.peak_in_flight:
