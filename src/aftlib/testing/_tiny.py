@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ("TINY_MODEL_TAG", "build_tiny_model", "tiny_model_path")
 
-TINY_MODEL_TAG = "tiny-llama-v1"
+TINY_MODEL_TAG = "tiny-llama-v2"
 """The name of the cache subfolder; bump it whenever the files :func:`build_tiny_model` writes change."""
 
 _MARKER = ".aftlib-tiny-model.json"
@@ -69,6 +69,13 @@ Assistant: Sure. The text describes a simple method: gather several candidate an
 them, and combine the best parts into one final answer. The main points are to read every draft, \
 to check the reasoning, and to write clearly.
 System: You are a helpful, honest and careful assistant. Think step by step.
+
+An editor who is provided with responses from various writers to the latest query has one task: to \
+synthesize them into a single, high-quality response. It is crucial to evaluate the information \
+critically, recognizing that some of it may be biased or incorrect, and not simply to replicate the \
+given answers. A refined, accurate and comprehensive reply to the instruction is well-structured and \
+coherent, and it adheres to the highest standards of accuracy and reliability. Open-source models, \
+like any writers, are helpful when their drafts are read with care.
 """
 
 
@@ -188,7 +195,7 @@ def build_tiny_model(
     path: str | os.PathLike[str],
     *,
     seed: int = 0,
-    vocab_size: int = 512,
+    vocab_size: int = 1024,
     hidden_size: int = 128,
     num_layers: int = 2,
     max_position_embeddings: int = 2048,
