@@ -32,3 +32,14 @@ def test_streaming_chat_example_answers_each_turn() -> None:
     done = run_example("streaming_chat.py", "Hello\nAnd then?\n")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("assistant>") == 2
+
+
+def test_aft_finetune_example_trains_and_serves() -> None:
+    """examples/aft_finetune.py builds data, trains LoRA; the served model answers in the trained style."""
+    done = run_example("aft_finetune.py")
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = [float(line.split("loss")[1]) for line in done.stdout.splitlines() if line.startswith("  step ")]
+    assert len(losses) == 8
+    assert losses[-1] < losses[0] - 1.0
+    assert "(merged)" in done.stdout
+    assert "answer: In short:" in done.stdout
