@@ -15,7 +15,14 @@ import re
 from typing import Any
 
 _ROLE = re.compile(r":(?:class|meth|func|attr|data|exc|mod|obj):<code>(?P<target>[^<]+)</code>")
-_MODULES = ("aftlib", "aftlib.presets", "aftlib.config", "aftlib.engines", "aftlib.testing")
+_MODULES = (
+    "aftlib",
+    "aftlib.presets",
+    "aftlib.config",
+    "aftlib.engines",
+    "aftlib.testing",
+    "aftlib.finetune",
+)
 
 
 @functools.cache
