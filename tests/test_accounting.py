@@ -104,3 +104,24 @@ async def test_a_model_without_a_price_leaves_the_cost_unknown(tmp_path: Path) -
     ).run()
     assert summary.cost is None
     assert "cost" not in json.loads((tmp_path / "o.jsonl").read_text().splitlines()[0])["usage"]
+
+
+async def test_agents_of_failed_records_are_counted_and_their_cost_is_unknown(tmp_path: Path) -> None:
+    """A record failed by its layer's quorum names the agent in the summary's failed agents.
+
+    Its line has no cost: nothing was answered to price.
+    """
+    down = FakeEngine(name="down", faults=lambda number, request: "raise")
+    topology = Topology(
+        [[Proposer(FakeEngine(name="up"), name="up"), Proposer(down, name="down")]], presets.aft(down).final
+    )
+    out = tmp_path / "out.jsonl"
+    prices = PriceTable({"up": Price(1, 1), "down": Price(1, 1)})
+    summary = await Runner(topology, prompts(tmp_path / "in.jsonl", 3), out, prices=prices).run()
+    assert summary.failed == 3
+    assert summary.report["failed_agents"] == [{"layer": 0, "agent": "down", "records": 3}]
+    for text in out.read_text().splitlines():
+        line = json.loads(text)
+        assert line["status"] == "error"
+        assert "cost" not in line["usage"]
+        assert [f["agent"] for f in line["failures"] if f["reason"] == "error"] == ["down"]

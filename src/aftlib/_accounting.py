@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import yaml
 from attrs import define, field, frozen
 
 from ._errors import ConfigError
-from ._results import Result
+from ._results import AgentFailure, Result
 from ._topology import Topology
 from ._types import Usage
 from .engines._base import Engine
@@ -178,7 +178,11 @@ class Ledger:
         """Count one result's usage and failed agents."""
         for key, usage in result.usage_by_agent().items():
             self.by_agent[key] = self.by_agent.get(key, Usage()) + usage
-        for failure in result.failures:
+        self.count_failures(result.failures)
+
+    def count_failures(self, failures: Iterable[AgentFailure]) -> None:
+        """Count agents that gave no candidates (also those of a record that failed)."""
+        for failure in failures:
             key = (failure.layer, failure.agent)
             self.failed_agents[key] = self.failed_agents.get(key, 0) + 1
 

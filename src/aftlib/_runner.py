@@ -48,7 +48,8 @@ class RunSummary:
         resumed: Records skipped because the output already had them.
         failed: Records that failed at run time (written as error records).
         bad: Input lines that were not usable records (written to the errors file).
-        usage: Tokens used in this run by the records answered.
+        usage: Tokens used in this run by every turn answered (the answered turns of a multi-turn record
+            that failed later included; a failed or cancelled request's tokens are not known).
         elapsed: Wall-clock seconds.
         output: The output file, if any.
         errors: The errors file, if any bad line was found.
@@ -421,6 +422,7 @@ class Runner:
                 line.update(status="error", error=f"{type(exc).__name__}: {exc}")
                 if isinstance(exc, QuorumError):
                     failures += exc.failures
+                    self._ledger.count_failures(exc.failures)
             else:
                 line.update(status="done", response=results[-1].text)
                 if record.followups:
@@ -431,7 +433,8 @@ class Runner:
             if failures:
                 line["failures"] = [failure_dict(f) for f in failures]
             costs = [self._ledger.cost(r) for r in results]
-            cost = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
+            known = [c for c in costs if c is not None]
+            cost = sum(known) if costs and len(known) == len(costs) else None
             usage = Usage.sum(r.usage for r in results)
             line["usage"] = usage_dict(usage, cost)
             line["timings"] = {"elapsed": round(time.monotonic() - start, 4)}

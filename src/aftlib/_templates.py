@@ -72,8 +72,8 @@ class PromptTemplate:
     """A loaded prompt template.
 
     Args:
-        name: A built-in template name (``aft_propose``, ``aft_aggregate``, ``moa_aggregate``,
-            ``passthrough``) or the path of a ``.j2`` file.
+        name: A built-in template name (``aft_propose``, ``aft_aggregate``, ``aft_icl_propose``,
+            ``moa_aggregate``, ``passthrough``) or the path of a ``.j2`` file.
 
     Raises:
         TemplateError: The template does not exist or does not parse.
