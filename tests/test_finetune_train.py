@@ -163,7 +163,7 @@ def test_config_defaults_and_conversions() -> None:
 
 
 def test_extra_arguments_are_checked_against_sftconfig(tmp_path: Path, tiny_model: Path) -> None:
-    """Unknown SFTConfig arguments, ours under another name, and loss-mask switches fail naming extra.KEY."""
+    """Unknown or refused SFTConfig arguments, ours renamed, loss-mask switches: the error names extra.KEY."""
     data = write_records(tmp_path / "d.jsonl", [aggregation_record(*QUESTIONS[0], ["a", "b"])])
     config = small_config(tiny_model, data, tmp_path / "out", extra={"lr_scheduler_typ": "constant"})
     with pytest.raises(ConfigError) as info:
@@ -172,6 +172,11 @@ def test_extra_arguments_are_checked_against_sftconfig(tmp_path: Path, tiny_mode
     assert info.value.source == "train.yaml"
     assert "did you mean 'lr_scheduler_type'" in info.value.message
     assert not (tmp_path / "out").exists()
+    config = small_config(tiny_model, data, tmp_path / "out", extra={"warmup_steps": 2, "optim": "nope"})
+    with pytest.raises(ConfigError) as info:
+        train(config)
+    assert info.value.path == "extra.optim"
+    assert "nope is not a valid" in info.value.message
     for key, words in [("learning_rate", "top-level key 'learning_rate'"), ("assistant_only_loss", "loss")]:
         with pytest.raises(ConfigError) as info:
             small_config(tiny_model, data, tmp_path / "out", extra={key: True})

@@ -526,9 +526,21 @@ def _sft_config(config: TrainConfig, output_dir: Path, *, source: str | None = N
     try:
         return trl.SFTConfig(**arguments)
     except (TypeError, ValueError) as exc:
-        culprits = [key for key in config.extra if key in str(exc)]
-        path = f"extra.{culprits[0]}" if culprits else ("bf16" if "bf16" in str(exc) else "extra")
+        path = _culprit(trl.SFTConfig, arguments, config)
         raise ConfigError(f"SFTConfig refused the settings: {exc}", path=path, source=source) from None
+
+
+def _culprit(sft_config: Any, arguments: dict[str, Any], config: TrainConfig) -> str | None:
+    """The key of ``config`` that made ``SFTConfig`` fail: the one without which it succeeds."""
+    for key in config.extra:
+        try:
+            sft_config(**{k: v for k, v in arguments.items() if k != key})
+        except (TypeError, ValueError):
+            continue
+        return f"extra.{key}"
+    if config.bf16:
+        return "bf16"
+    return None
 
 
 def _peft_config(lora: LoraSettings) -> Any:
