@@ -33,12 +33,14 @@ def add_parser(commands: Any) -> None:
         description="Fine-tune a model on aggregation data (the output of 'aftlib data') with TRL's SFT "
         "trainer; the loss is on the answer turn only. Needs the train extra.",
     )
-    train_parser.add_argument("--config", type=Path, required=True, help="the training config (YAML)")
     train_parser.add_argument(
-        "--output-dir", type=Path, help="write the checkpoint here (overrides output_dir)"
+        "--config", type=Path, required=True, metavar="FILE", help="the training config (YAML)"
     )
     train_parser.add_argument(
-        "--max-steps", type=_positive, help="optimizer steps in all (overrides the config)"
+        "--output-dir", type=Path, metavar="DIR", help="the checkpoint folder (overrides output_dir)"
+    )
+    train_parser.add_argument(
+        "--max-steps", type=_positive, metavar="N", help="optimizer steps in all (overrides max_steps)"
     )
     train_parser.set_defaults(handler=_train)
 
