@@ -574,6 +574,7 @@ def test_icl_template_renders_its_demonstrations() -> None:
 def test_dataset_loads_with_datasets_as_chat_messages(tmp_path: Path) -> None:
     """The JSONL loads with datasets.load_dataset('json') with one schema: messages, kind, source."""
     import datasets
+
     out = tmp_path / "agg.jsonl"
     assert (
         main(
