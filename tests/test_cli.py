@@ -58,3 +58,25 @@ def test_progress_line_shows_done_rate_and_eta() -> None:
     line = progress.line()
     assert line.startswith("records 6/10 (1 failed) | 50 tok/s")
     assert "ETA 10s" in line
+
+
+def test_an_engine_that_cannot_start_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unreachable server at engine start: exit 1 with the engine's error, not an exception group."""
+    config = tmp_path / "remote.yaml"
+    config.write_text(
+        "engines:\n  api: {type: openai, model: m, base_url: 'http://127.0.0.1:9/v1'}\n"
+        "agents:\n  a: {engine: api}\n  j: {engine: api, role: aggregator}\n"
+        "layers: [[a]]\nfinal: j\n"
+    )
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"prompt": "hi"}\n')
+    status = main(
+        ["run", "--config", str(config), "--input", str(data), "--output", str(tmp_path / "o.jsonl")]
+    )
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "aftlib: failed: engine 'api' (http://127.0.0.1:9/v1): cannot reach the server" in err
+    assert "Traceback" not in err
+    assert "ExceptionGroup" not in err

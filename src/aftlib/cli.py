@@ -24,6 +24,7 @@ from ._accounting import PriceTable
 from ._errors import AftError, ConfigError, InputError
 from ._runner import FORMATS, Progress, Runner, RunSummary, progress_path, summary_path
 from ._topology import Topology
+from ._util import unwrap_group
 from .finetune import _data_cli as data_cli
 from .finetune import _train_cli as train_cli
 
@@ -168,13 +169,14 @@ async def _run(args: argparse.Namespace) -> tuple[RunSummary, int | None]:
                 return
 
     summary: RunSummary | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch, tg.cancel_scope)
-        try:
-            async with topology:
-                summary = await runner.run()
-        finally:
-            tg.cancel_scope.cancel()
+    with unwrap_group():  # a config or engine error reaches main() as itself
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch, tg.cancel_scope)
+            try:
+                async with topology:
+                    summary = await runner.run()
+            finally:
+                tg.cancel_scope.cancel()
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     if summary is None:  # stopped by a signal: the runner wrote what it had finished
