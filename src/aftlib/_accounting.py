@@ -14,10 +14,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
-import yaml
 from attrs import define, field, frozen
 
 from ._errors import ConfigError
@@ -79,14 +77,9 @@ class PriceTable:
         Raises:
             ConfigError: The file is unreadable or malformed; the error names the model and key.
         """
-        source = str(path)
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read the price table: {exc.strerror or exc}", source=source) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML: {exc}", source=source) from None
-        return cls.parse(data, source=source)
+        from .config import read_yaml
+
+        return cls.parse(read_yaml(path, "the price table"), source=str(path))
 
     @classmethod
     def parse(cls, data: Any, *, source: str | None = None) -> PriceTable:

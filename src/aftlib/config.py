@@ -51,6 +51,7 @@ __all__ = (
     "TopologyConfig",
     "load",
     "parse",
+    "read_yaml",
 )
 
 T = TypeVar("T")
@@ -473,6 +474,26 @@ def parse(data: Any, *, source: str | None = None, base: Path | None = None) -> 
         raise ConfigError(exc.message, path=exc.path, source=source) from None
 
 
+def read_yaml(path: str | os.PathLike[str], what: str = "the config") -> Any:
+    """Read a YAML file safely.
+
+    Raises:
+        ConfigError: The file is missing or unreadable, or is not valid YAML (naming the line).
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what}: {exc.strerror or exc}", source=source) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"not valid YAML: {problem}", source=where) from None
+
+
 def load(path: str | os.PathLike[str]) -> Topology:
     """Read a YAML config file and build its topology (engines not started yet).
 
@@ -482,16 +503,4 @@ def load(path: str | os.PathLike[str]) -> Topology:
     Raises:
         ConfigError: The file is missing or unreadable, is not valid YAML, or is not a valid config.
     """
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config: {exc.strerror or exc}", source=source) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"not valid YAML: {problem}", source=where) from None
-    return parse(data, source=source, base=Path(path).resolve().parent)
+    return parse(read_yaml(path), source=str(path), base=Path(path).resolve().parent)

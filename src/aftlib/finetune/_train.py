@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import yaml
 from attrs import define, field, frozen
 
 from .._errors import AftError, ConfigError, InputError
@@ -290,19 +289,9 @@ class TrainConfig:
         Raises:
             ConfigError: The file is missing, unreadable or not YAML, or a key is unknown or wrong.
         """
-        source = os.fspath(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot read the config: {exc.strerror or exc}", source=source) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{source}:{mark.line + 1}" if mark is not None else source
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise ConfigError(f"not valid YAML: {problem}", source=where) from None
-        return cls.from_mapping(data, source=source)
+        from ..config import read_yaml
+
+        return cls.from_mapping(read_yaml(path), source=os.fspath(path))
 
 
 # The names TRL, transformers and peft give some settings, for a better hint on an unknown key.
