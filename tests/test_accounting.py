@@ -29,7 +29,9 @@ def test_price_charges_cached_prompt_tokens_at_their_own_rate() -> None:
     ("text", "path", "message"),
     [
         ("m: {prompt: 1}", "m.completion", "missing key 'completion'"),
-        ("m: {prompt: 1, completion: 2, cache: 1}", "m.cache", "unknown key 'cache'"),
+        ("m: {prompt: 1, completion: 2, cache: 1}", "m.cache", "unknown key 'cache'; did you mean 'cached'?"),
+        ("m: {prompt: true, completion: 2}", "m", "could not convert prompt True"),
+        ("m: 3", "m", "expected a mapping"),
         ("m: {prompt: -1, completion: 2}", "m.prompt", "a price is a number >= 0"),
         ("m: {prompt: free, completion: 2}", "m", "could not convert"),
         ("- m", None, "maps model names to prices"),

@@ -1,4 +1,4 @@
-"""The command line's handling of usage mistakes, and its progress line (no engine is started here)."""
+"""The command line's handling of usage mistakes, and its progress counters (no engine is started here)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aftlib import Progress
+from aftlib import RunStats
 from aftlib.cli import main
 
 
@@ -44,20 +44,28 @@ def test_missing_input_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_unknown_format_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
-    """--format accepts only the known formats."""
-    with pytest.raises(SystemExit) as info:
-        main(["run", "--format", "csv"])
-    assert info.value.code == 2
-    assert "invalid choice: 'csv'" in capsys.readouterr().err
+    """--format accepts only the known formats: a usage error, exit 2, naming the choices."""
+    assert main(["run", "--format", "csv"]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid value for '--format': 'csv' is not one of 'jsonl', 'aft', 'alpaca_eval'" in err
+    assert "Traceback" not in err
 
 
 def test_progress_line_shows_done_rate_and_eta() -> None:
     """The progress line counts finished records of the total, token rate and the time left."""
-    progress = Progress(total=10, done=3, failed=1, resumed=2, completion_tokens=500)
-    progress.started -= 10
-    line = progress.line()
+    stats = RunStats(total=10, done=3, failed=1, resumed=2, completion_tokens=500)
+    stats.started -= 10
+    line = stats.line()
     assert line.startswith("records 6/10 (1 failed) | 50 tok/s")
     assert "ETA 10s" in line
+
+
+def test_bad_lines_count_as_finished_in_the_progress() -> None:
+    """Bad input lines are part of the total, so a run with bad lines still ends at total/total."""
+    stats = RunStats(total=4, done=3, bad=1)
+    assert stats.finished == 4
+    assert stats.line().startswith("records 4/4 (1 bad)")
+    assert stats.eta == 0
 
 
 def test_an_engine_that_cannot_start_is_one_clear_line(

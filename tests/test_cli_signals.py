@@ -87,3 +87,123 @@ def test_a_signal_stops_the_run_cleanly_and_a_rerun_finishes_it(
     summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
     assert summary["interrupted"] is False
     assert (summary["records"]["resumed"], summary["records"]["done"]) == (len(first), 40 - len(first))
+
+
+def start_cli(*args: str | Path, cwd: Path) -> subprocess.Popen[str]:
+    """The CLI in its own session and process group, as a terminal runs it (Ctrl-C goes to the group)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "aftlib", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_for_lines(path: Path, count: int, process: subprocess.Popen[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.exists() and path.read_text().count("\n") >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} lines in {path}: {process.poll()=}")
+
+
+def check_clean(stderr: str) -> None:
+    for noise in ("Traceback", "leaked", "WARNING", "ERROR", "Error", "Exception"):
+        assert noise not in stderr, stderr
+
+
+def test_ctrl_c_to_the_process_group_is_one_line_and_130(tmp_path: Path) -> None:
+    """SIGINT to the whole process group mid-run: exit 130, the summary, then one interrupted line."""
+    (tmp_path / "slow.yaml").write_text(CONFIG)
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"id": i, "prompt": f"q{i}"}) + "\n" for i in range(40))
+    )
+    out = tmp_path / "out.jsonl"
+    args = (
+        "run",
+        "--config",
+        "slow.yaml",
+        "--input",
+        "in.jsonl",
+        "--output",
+        "out.jsonl",
+        "--concurrency",
+        "2",
+    )
+    process = start_cli(*args, cwd=tmp_path)
+    wait_for_lines(out, 2, process)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    check_clean(stderr)
+    lines = stderr.splitlines()
+    assert lines[-1] == "aftlib: interrupted by SIGINT; rerun to resume from out.jsonl"
+    assert [line for line in lines if line.startswith("aftlib:")] == lines[-1:]
+    assert lines[0].startswith("records ")  # the last progress line, then the summary
+    assert lines[1].startswith("run ")
+    assert lines[1].endswith(" (interrupted)")
+    assert not (tmp_path / "out.jsonl.lock").exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    """Two runs on one output: the second exits 2 at once naming the first's pid; no record is doubled."""
+    (tmp_path / "slow.yaml").write_text(CONFIG)
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"id": i, "prompt": f"q{i}"}) + "\n" for i in range(12))
+    )
+    out = tmp_path / "out.jsonl"
+    args = (
+        "run",
+        "--config",
+        "slow.yaml",
+        "--input",
+        "in.jsonl",
+        "--output",
+        "out.jsonl",
+        "--concurrency",
+        "2",
+    )
+    first = start_cli(*args, cwd=tmp_path)
+    wait_for_lines(out, 1, first)
+    second = start_cli(*args, cwd=tmp_path)
+    _, stderr = second.communicate(timeout=60)
+    assert second.returncode == 2, stderr
+    (line,) = stderr.splitlines()
+    assert line.startswith("aftlib: error: ")
+    assert f"out.jsonl is in use by another aftlib process (pid {first.pid})" in line
+    _, first_err = first.communicate(timeout=120)
+    assert first.returncode == 0, first_err
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == list(range(12))
+
+
+@pytest.mark.vllm
+def test_ctrl_c_while_the_engine_starts_is_one_line(tiny_model: Path, tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the group) while vLLM starts: exit 130 and exactly one line, nothing else."""
+    process = start_cli("demo", "--output", "out.jsonl", cwd=tmp_path)
+    time.sleep(6)  # vLLM is importing or starting its engine
+    assert process.poll() is None
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines() == ["aftlib: interrupted by SIGINT; rerun to resume from out.jsonl"], stderr
+
+
+@pytest.mark.vllm
+def test_ctrl_c_during_a_demo_run_is_one_line(tiny_model: Path, tmp_path: Path) -> None:
+    """Ctrl-C mid-run on vLLM: exit 130, the summary and one interrupted line; no traceback, no vLLM lines."""
+    data = Path(__file__).parent / "data" / "alpaca_eval_20.jsonl"
+    process = start_cli("demo", "--input", data, "--output", "out.jsonl", "--concurrency", "2", cwd=tmp_path)
+    wait_for_lines(tmp_path / "out.jsonl", 2, process, timeout=300)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    check_clean(stderr)
+    lines = stderr.splitlines()
+    assert lines[-1] == "aftlib: interrupted by SIGINT; rerun to resume from out.jsonl"
+    assert [line for line in lines if line.startswith("aftlib:")] == lines[-1:]
+    assert any(line.startswith("engine start: ") for line in lines)

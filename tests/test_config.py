@@ -122,3 +122,24 @@ def test_final_layer_values_are_named_by_their_own_key(
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, REFERENCE_YAML.replace(*change)))
     assert info.value.path == path
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "suggestion"),
+    [
+        (("num_aggregation: 2\n", "num_aggregations: 2\n"), "num_aggregations", "num_aggregation"),
+        (("generation_params:\n", "generation_param:\n"), "generation_param", "generation_params"),
+        (("    top_p: 0.95\n", "    top_pp: 0.95\n"), "generation_params.top_pp", "top_p"),
+    ],
+)
+def test_a_misspelt_key_suggests_the_closest_one(
+    tmp_path: Path, change: tuple[str, str], path: str, suggestion: str
+) -> None:
+    """A misspelt key is named by its path in words with the closest known key (never '@ $.key')."""
+    source = write(tmp_path, REFERENCE_YAML.replace(*change))
+    with pytest.raises(ConfigError) as info:
+        config.load(source)
+    assert info.value.path == path
+    assert f"unknown key {path.rpartition('.')[2]!r}; did you mean {suggestion!r}?" in info.value.message
+    assert "@ $" not in str(info.value)
+    assert "missing key" not in info.value.message, "the misspelt key explains the missing one"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import aclosing
 
 import anyio
 import pytest
@@ -35,7 +34,7 @@ def always(fault: Fault) -> FakeEngine:
 
 async def drain(engine: FakeEngine | RetryingEngine, deltas: list[Delta] | None = None) -> None:
     """Consume a stream of REQUEST, keeping its deltas."""
-    async with aclosing(engine.stream(REQUEST)) as items:
+    async with engine.stream(REQUEST) as items:
         async for item in items:
             if isinstance(item, Delta) and deltas is not None:
                 deltas.append(item)

@@ -38,6 +38,7 @@ from aftlib.finetune import (
     skipped_path,
     write_dataset,
 )
+from aftlib.finetune._drafts import DraftCache, drafts_path
 from aftlib.testing import FakeEngine
 
 from .conftest import reference_aggregation_system
@@ -361,9 +362,9 @@ async def test_records_with_too_few_drafts_are_skipped() -> None:
     ] * 3
 
 
-async def test_on_policy_resumes_from_the_progress_file(tmp_path: Path) -> None:
+async def test_on_policy_resumes_from_the_draft_cache(tmp_path: Path) -> None:
     """Drafts are kept as they finish: a rerun drafts only the record that failed, and a torn line is cut."""
-    progress = tmp_path / "drafts.progress.jsonl"
+    cache = tmp_path / "out.drafts.jsonl"
     records = [r for r in read_preferences(BINARIZED) if not isinstance(r, Skip)]
 
     def flaky(request: ChatRequest, index: int) -> str:
@@ -371,21 +372,43 @@ async def test_on_policy_resumes_from_the_progress_file(tmp_path: Path) -> None:
             raise RuntimeError("out of memory")
         return drafts_handler(request, index)
 
-    first = await collect(build_on_policy(FakeEngine(handler=flaky), records, k=2, progress=progress))
+    first = await collect(build_on_policy(FakeEngine(handler=flaky), records, k=2, cache=cache))
     assert [i.reason for i in first if isinstance(i, Skip)] == ["drafting engine failed"]
-    with progress.open("a") as handle:
+    with cache.open("a") as handle:
         handle.write('{"key": "torn')
     engine = FakeEngine(handler=drafts_handler)
-    second = await collect(build_on_policy(engine, records, k=2, progress=progress))
+    second = await collect(build_on_policy(engine, records, k=2, cache=cache))
     assert [r.messages[-1].content for r in engine.requests] == ["Give me a synonym for 'happy'."]
     assert [i.source.line for i in second if isinstance(i, Example)] == [1, 2, 3]
     assert [e.messages for e in first if isinstance(e, Example)] == [
         e.messages for e in second if isinstance(e, Example) and e.source.line != 2
     ]
-    assert all(json.loads(line) for line in progress.read_text().splitlines())
+    assert all(json.loads(line) for line in cache.read_text().splitlines())
     other = FakeEngine(handler=drafts_handler)
-    await collect(build_on_policy(other, records, k=2, seed=9, progress=progress))
+    await collect(build_on_policy(other, records, k=2, seed=9, cache=cache))
     assert len(other.requests) == 3  # another seed: the stored drafts are not reused
+
+
+def test_a_draft_cache_refuses_a_foreign_file_naming_the_line(tmp_path: Path) -> None:
+    """A draft cache over a file of other JSON lines is an InputError at FILE:LINE; nothing is added."""
+    path = drafts_path(tmp_path / "o.jsonl")
+    assert path == tmp_path / "o.jsonl.drafts.jsonl"
+    entry = {"key": "id 1", "part": "drafts", "settings": "abc", "value": ["d"]}
+    path.write_text(json.dumps(entry) + "\n\n" + '{"not": "ours"}\n')
+    with pytest.raises(InputError) as info:
+        DraftCache(path).open()
+    assert info.value.where == f"{path}:3"
+    assert "not a draft cache" in info.value.message
+    assert path.read_text().count("\n") == 3
+    path.write_text(json.dumps(entry) + "\n")
+    cache = DraftCache(path)
+    cache.open()
+    try:
+        assert len(cache) == 1
+        assert cache.get("id 1", "drafts", "abc") == ["d"]
+        assert cache.get("id 1", "drafts", "other settings") is None
+    finally:
+        cache.close()
 
 
 def test_on_policy_cli_with_fake_configs_and_an_engine_target(
@@ -421,15 +444,13 @@ def test_on_policy_cli_with_fake_configs_and_an_engine_target(
     assert card.sources["drafts"]["temperature"] == 0.6
     assert card.sources["drafts"]["template"] == "aft_icl_propose"
     assert card.sources["target"]["template"] == "moa_aggregate"
-    assert (tmp_path / "onpolicy.jsonl.progress.jsonl").is_file()
+    assert (tmp_path / "onpolicy.jsonl.drafts.jsonl").is_file()
 
 
 def test_on_policy_needs_a_drafter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """on-policy without --config or --model is refused by the parser."""
-    with pytest.raises(SystemExit) as exc:
-        main(["data", "on-policy", "--input", str(UF), "--output", str(tmp_path / "o.jsonl")])
-    assert exc.value.code == 2
-    assert "one of the arguments --config --model is required" in capsys.readouterr().err
+    """on-policy without --config or --model is a usage error: exit 2 and a line naming both options."""
+    assert main(["data", "on-policy", "--input", str(UF), "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert "one of the options --config or --model is required" in capsys.readouterr().err
 
 
 # --- traces -------------------------------------------------------------------------------------------
@@ -664,14 +685,13 @@ async def test_config_errors_name_the_parameter() -> None:
 
 def test_model_option_drafts_on_a_vllm_engine_with_cli_sampling(tmp_path: Path) -> None:
     """on-policy --model builds (without starting) a vLLM engine of that folder; sampling flags override."""
+    from aftlib.cli._data import _drafter, _namespace, on_policy
     from aftlib.engines import VLLMEngine
-    from aftlib.finetune._data_cli import _drafter
 
-    args = ["data", "on-policy", "--input", str(UF), "--output", str(tmp_path / "o.jsonl")]
-    parser_args = _parse(
-        [*args, "--model", str(tmp_path / "base"), "--max-model-len", "4096", "--top-p", "0.5"]
-    )
-    engine, sampling, lora, topology = _drafter(parser_args)
+    args = ["--input", str(UF), "--output", str(tmp_path / "o.jsonl")]
+    options = ["--model", str(tmp_path / "base"), "--max-model-len", "4096", "--top-p", "0.5"]
+    with on_policy.make_context("on-policy", [*args, *options]) as ctx:
+        engine, sampling, lora, topology = _drafter(_namespace("on-policy", ctx.params))
     assert isinstance(engine, VLLMEngine)
     assert (engine.model, engine.engine_args, engine.name) == (
         str(tmp_path / "base"),
@@ -682,19 +702,13 @@ def test_model_option_drafts_on_a_vllm_engine_with_cli_sampling(tmp_path: Path) 
     assert (lora, topology) == (None, None)
 
 
-def test_a_file_that_is_not_a_progress_file_is_refused(
+def test_a_file_that_is_not_a_draft_cache_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A progress path holding something else stops the run with exit 2 naming the file and line."""
+    """A draft cache path holding something else stops the run with exit 2 naming the file and line."""
     out = tmp_path / "o.jsonl"
-    (tmp_path / "o.jsonl.progress.jsonl").write_text('{"not": "ours"}\n')
+    (tmp_path / "o.jsonl.drafts.jsonl").write_text('{"not": "ours"}\n')
     config = Path(__file__).parents[1] / "examples" / "configs" / "dry_run.yaml"
     args = ["--input", str(UF), "--output", str(out), "--config", str(config), "--k", "2"]
     assert main(["data", "on-policy", *args]) == 2
-    assert "o.jsonl.progress.jsonl:1: not a progress file" in capsys.readouterr().err
-
-
-def _parse(argv: list[str]) -> Any:
-    from aftlib.cli import _parser
-
-    return _parser().parse_args(argv)
+    assert "o.jsonl.drafts.jsonl:1: not a draft cache" in capsys.readouterr().err

@@ -195,6 +195,16 @@ def test_extra_arguments_are_checked_against_sftconfig(tmp_path: Path, tiny_mode
             "bot",
         ),
         ('{"prompt": "hi"}', ":2", "'messages'"),
+        (
+            '{"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}',
+            "messages[0]",
+            "missing 'content'",
+        ),
+        (
+            '{"messages": [{"content": "hi"}, {"role": "assistant", "content": "x"}]}',
+            "messages[0]",
+            "missing 'role'",
+        ),
     ],
 )
 def test_bad_training_records_name_the_file_and_line(

@@ -52,7 +52,7 @@ async def engine_on(server: ChaosServer) -> AsyncIterator[OpenAIEngine]:
 async def stream_into(engine: Engine, req: ChatRequest, deltas: list[Delta]) -> Completion:
     """Stream ``req``, keeping its deltas, and return its completion."""
     completion = None
-    async with aclosing(engine.stream(req)) as items:
+    async with engine.stream(req) as items:
         async for item in items:
             if isinstance(item, Delta):
                 deltas.append(item)

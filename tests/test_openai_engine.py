@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import anyio
 import httpx
 import pytest
 from structlog.testing import capture_logs
@@ -20,7 +21,7 @@ from aftlib import (
     SamplingParams,
     presets,
 )
-from aftlib.engines import OpenAIEngine
+from aftlib.engines import FakeEngine, OpenAIEngine, Replicas
 
 pytestmark = pytest.mark.anyio
 
@@ -102,7 +103,8 @@ async def test_streams_n_samples_in_one_call_with_usage() -> None:
         request = ChatRequest(
             [Message("user", "hi")], SamplingParams(n=2, max_tokens=5, temperature=0.3, seed=4)
         )
-        items = [item async for item in engine.stream(request)]
+        async with engine.stream(request) as stream:
+            items = [item async for item in stream]
     completion = items[-1]
     assert [s.text for s in completion.samples] == ["Hello", "World"]  # type: ignore[union-attr]
     assert [s.finish_reason for s in completion.samples] == ["stop", "length"]  # type: ignore[union-attr]
@@ -113,35 +115,65 @@ async def test_streams_n_samples_in_one_call_with_usage() -> None:
     assert body["stream"] is True
 
 
-async def test_replicas_take_requests_in_turn() -> None:
-    """Several base URLs are replicas: requests alternate between them."""
+async def test_replicas_take_requests_in_turn_when_equally_loaded() -> None:
+    """Replicas of OpenAI engines: one request at a time alternates between the servers."""
     server = Server(lambda body: sse([chunk(0, "x", "stop"), usage_chunk(1, 1)]))
     urls = ["http://a.test/v1", "http://b.test/v1"]
-    async with engine_for(server, base_url=urls) as engine:
+    async with Replicas([engine_for(server, base_url=url) for url in urls], name="m") as engine:
         for _ in range(4):
             await engine.generate(ChatRequest([Message("user", "q")]))
     chat_hosts = [h for h, b in zip(server.hosts[2:], range(4), strict=False)]
     assert chat_hosts == ["a.test", "b.test", "a.test", "b.test"]
 
 
-async def test_falls_back_to_single_calls_when_n_is_rejected() -> None:
-    """A server that rejects n gets n concurrent single calls; the engine remembers."""
+async def test_replicas_send_to_the_replica_with_fewest_requests_in_flight() -> None:
+    """While one replica is busy with a slow request, new requests go to the idle one."""
+    slow = FakeEngine(name="slow", latency=0.5)
+    fast = FakeEngine(name="fast")
+    replicas = Replicas([slow, fast])
+    request = ChatRequest([Message("user", "q")])
+    async with replicas, anyio.create_task_group() as tg:
+        tg.start_soon(replicas.generate, request)
+        await anyio.sleep(0.05)
+        assert replicas.in_flight == [1, 0]
+        for _ in range(3):
+            await replicas.generate(request)
+    assert (len(slow.requests), len(fast.requests)) == (1, 3)
+    assert replicas.in_flight == [0, 0]
+
+
+def test_a_list_of_urls_points_to_replicas() -> None:
+    """OpenAIEngine takes one URL; a list is a ConfigError that names the Replicas wrapper."""
+    with pytest.raises(ConfigError, match="Replicas"):
+        OpenAIEngine("m", ["http://a.test/v1", "http://b.test/v1"])  # type: ignore[arg-type]
+
+
+async def test_a_server_without_n_gets_single_calls_when_told() -> None:
+    """supports_n=False sends n concurrent single calls, re-indexed into one completion."""
 
     def chat(body: dict[str, object]) -> httpx.Response:
-        if body["n"] != 1:
-            return httpx.Response(
-                400, json={"error": {"message": "parameter n must be 1", "type": "invalid"}}
-            )
+        assert body["n"] == 1
         return sse([chunk(0, "one", "stop"), usage_chunk(3, 1)])
 
     server = Server(chat)
-    async with engine_for(server) as engine:
-        completion = await engine.generate(ChatRequest([Message("user", "q")], SamplingParams(n=3)))
+    async with engine_for(server, supports_n=False) as engine:
         assert not engine.supports_n
-        await engine.generate(ChatRequest([Message("user", "q")], SamplingParams(n=2)))
+        completion = await engine.generate(ChatRequest([Message("user", "q")], SamplingParams(n=3)))
     assert [s.index for s in completion.samples] == [0, 1, 2]
     assert completion.usage.requests == 3
-    assert [b["n"] for b in server.bodies] == [3, 1, 1, 1, 1, 1]
+    assert [b["n"] for b in server.bodies] == [1, 1, 1]
+
+
+async def test_a_rejected_n_says_how_to_send_single_calls() -> None:
+    """A server that rejects n answers with an EngineError that names supports_n; nothing is guessed."""
+
+    def chat(body: dict[str, object]) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"message": "parameter n must be 1", "type": "invalid"}})
+
+    async with engine_for(Server(chat)) as engine:
+        with pytest.raises(EngineError, match="supports_n=False") as info:
+            await engine.generate(ChatRequest([Message("user", "q")], SamplingParams(n=3)))
+    assert info.value.status == 400
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Layer quorums and deadlines: failed or slow agents, recorded failures, cancelled stragglers."""
+"""Layer quorums and timeouts: failed or slow agents, recorded failures, cancelled stragglers."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ async def test_one_failing_proposer_of_three_with_quorum_three_fails_clearly() -
 
 
 async def test_quorum_goes_on_at_once_and_cancels_the_straggler() -> None:
-    """Without a deadline the layer goes on when the quorum is in; the hanging agent is cancelled."""
+    """Without a timeout the layer goes on when the quorum is in; the hanging agent is cancelled."""
     hangs = Hangs()
     topology, _ = three_proposers(FakeEngine(name="c", handler=hangs), min_candidates=2)
     with anyio.fail_after(5):
@@ -102,34 +102,34 @@ async def test_quorum_goes_on_at_once_and_cancels_the_straggler() -> None:
     assert (hangs.open, hangs.cancelled) == (0, 1)
 
 
-async def test_deadline_waits_for_more_then_goes_on_with_the_quorum() -> None:
-    """With a deadline the layer waits for the slow agent until then, then goes on with the two drafts."""
+async def test_timeout_waits_for_more_then_goes_on_with_the_quorum() -> None:
+    """With a timeout the layer waits for the slow agent until then, then goes on with the two drafts."""
     hangs = Hangs()
-    topology, _ = three_proposers(FakeEngine(name="c", handler=hangs), min_candidates=2, deadline=0.3)
+    topology, _ = three_proposers(FakeEngine(name="c", handler=hangs), min_candidates=2, timeout=0.3)
     start = time.monotonic()
     result = await topology.run("q")
     assert time.monotonic() - start >= 0.3
     assert result.layers[0].texts == ["draft a", "draft b"]
-    assert result.failures == (AgentFailure(0, "c", "deadline"),)
+    assert result.failures == (AgentFailure(0, "c", "timeout"),)
     assert (hangs.open, hangs.cancelled) == (0, 1)
 
 
-async def test_deadline_with_everything_in_early_does_not_wait() -> None:
-    """A layer whose agents all answer before the deadline goes on without waiting for it."""
-    topology, _ = three_proposers(FakeEngine(name="c", handler=lambda r, i: "draft c"), deadline=30)
+async def test_timeout_with_everything_in_early_does_not_wait() -> None:
+    """A layer whose agents all answer before the timeout goes on without waiting for it."""
+    topology, _ = three_proposers(FakeEngine(name="c", handler=lambda r, i: "draft c"), timeout=30)
     with anyio.fail_after(5):
         result = await topology.run("q")
     assert result.layers[0].texts == ["draft a", "draft b", "draft c"]
     assert result.failures == ()
 
 
-async def test_deadline_without_the_quorum_fails_and_cancels() -> None:
-    """At the deadline, too few candidates fail the record; the late agent is named with reason deadline."""
+async def test_timeout_without_the_quorum_fails_and_cancels() -> None:
+    """At the timeout, too few candidates fail the record; the late agent is named with reason timeout."""
     hangs = Hangs()
-    topology, _ = three_proposers(FakeEngine(name="c", handler=hangs), deadline=0.1)
+    topology, _ = three_proposers(FakeEngine(name="c", handler=hangs), timeout=0.1)
     with pytest.raises(QuorumError, match="got 2 of the 3") as info:
         await topology.run("q")
-    assert info.value.failures == (AgentFailure(0, "c", "deadline"),)
+    assert info.value.failures == (AgentFailure(0, "c", "timeout"),)
     assert hangs.open == 0
 
 
@@ -169,12 +169,12 @@ async def test_quorum_counts_samples_not_agents() -> None:
     assert [f.agent for f in result.failures] == ["b"]
 
 
-def test_quorum_and_deadline_are_validated() -> None:
-    """min_candidates outside 1..(the layer's candidates) and a non-positive deadline are config errors."""
+def test_quorum_and_timeout_are_validated() -> None:
+    """min_candidates outside 1..(the layer's candidates) and a non-positive timeout are config errors."""
     agents = [Proposer(FakeEngine(), name="a"), Proposer(FakeEngine(), name="b")]
     with pytest.raises(ConfigError, match="between 1 and the 2 candidates"):
         Layer(agents, min_candidates=3)
     with pytest.raises(ConfigError, match="between 1 and the 2"):
         Layer(agents, min_candidates=0)
-    with pytest.raises(ConfigError, match="deadline must be a positive"):
-        Layer(agents, deadline=0)
+    with pytest.raises(ConfigError, match="timeout must be a positive"):
+        Layer(agents, timeout=0)

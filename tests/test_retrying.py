@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import aclosing
 
 import anyio
 import pytest
@@ -72,18 +71,19 @@ async def test_a_slow_attempt_times_out_and_is_retried() -> None:
 async def test_streams_are_retried_only_before_the_first_token() -> None:
     """A failure before any delta is retried; one after a delta reaches the caller."""
     inner = flaky([ServerError("dropped")])
-    items = [item async for item in RetryingEngine(inner, backoff=0.001).stream(REQUEST)]
+    async with RetryingEngine(inner, backoff=0.001).stream(REQUEST) as stream:
+        items = [item async for item in stream]
     assert isinstance(items[0], Delta)
     assert len(inner.requests) == 2
 
     class Breaks(FakeEngine):
-        async def stream(self, request):  # type: ignore[no-untyped-def,override]
+        async def _stream(self, request):  # type: ignore[no-untyped-def,override]
             self.requests.append(request)
             yield Delta(0, "partial")
             raise ServerError("dropped mid-stream")
 
     async def drain(engine: RetryingEngine) -> None:
-        async with aclosing(engine.stream(REQUEST)) as stream:
+        async with engine.stream(REQUEST) as stream:
             async for _ in stream:
                 pass
 

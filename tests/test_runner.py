@@ -9,8 +9,10 @@ from typing import Any
 import anyio
 import pytest
 
-from aftlib import ChatRequest, InputError, Runner, presets
-from aftlib._records import BadLine, Record, read_records
+from aftlib import ChatRequest, ConfigError, InputError, Runner, presets
+from aftlib._io import fingerprint
+from aftlib._records import BadLine, InputRecord, read_records
+from aftlib._runner import describe_topology
 from aftlib.testing import FakeEngine
 
 pytestmark = pytest.mark.anyio
@@ -44,8 +46,8 @@ def test_every_record_shape_is_recognised(tmp_path: Path) -> None:
         ],
     )
     items = list(read_records(path))
-    assert all(isinstance(i, Record) for i in items)
-    records = [i for i in items if isinstance(i, Record)]
+    assert all(isinstance(i, InputRecord) for i in items)
+    records = [i for i in items if isinstance(i, InputRecord)]
     assert [(r.id, r.kind) for r in records] == [
         (1, "aft"),
         ("m1", "messages"),
@@ -235,3 +237,74 @@ async def test_limit_takes_the_first_records(tmp_path: Path) -> None:
     summary = await Runner(presets.aft(echo_engine(), n=1), path, out, limit=4).run()
     assert summary.records == 4
     assert sorted(r["id"] for r in read_jsonl(out)) == [1, 2, 3, 4]
+
+
+# --- the output's origin, lock and callbacks -----------------------------------------------------------
+
+
+async def test_an_output_of_another_input_or_topology_is_refused(tmp_path: Path) -> None:
+    """OUT.run.json records the input and topology; another of either is refused until restart=True."""
+    first = write_jsonl(tmp_path / "a.jsonl", [{"prompt": f"a{i}"} for i in range(3)])
+    second = write_jsonl(tmp_path / "b.jsonl", [{"prompt": f"b{i}"} for i in range(2)])
+    out = tmp_path / "out.jsonl"
+    await Runner(presets.aft(echo_engine(), n=2), first, out, config_name="a.yaml").run()
+    origin = json.loads((tmp_path / "out.jsonl.run.json").read_text())
+    assert (origin["input"], origin["config"]) == (str(first), "a.yaml")
+    with pytest.raises(ConfigError, match=r"holds the answers of another run: .* input .*a\.jsonl"):
+        await Runner(presets.aft(echo_engine(), n=2), second, out).run()
+    with pytest.raises(ConfigError, match="another run"):
+        await Runner(presets.aft(echo_engine(), n=3), first, out).run()  # another sampling n
+    assert len(read_jsonl(out)) == 3
+    summary = await Runner(presets.aft(echo_engine(), n=2), second, out, restart=True).run()
+    assert summary.done == 2
+    assert [r["prompt"] for r in read_jsonl(out)] == ["b0", "b1"]
+
+
+def test_the_topology_description_names_what_decides_the_answers() -> None:
+    """The topology description has what decides answers; another sampling, another fingerprint.
+
+    Per agent: class, name, engine, model, template, sampling and LoRA; per layer: min_candidates, timeout.
+    """
+    described = describe_topology(presets.aft(FakeEngine(name="e"), n=2, num_aggregation=1))
+    (propose,) = described["layers"][0]["agents"]
+    assert {k: propose[k] for k in ("class", "engine", "template", "lora")} == {
+        "class": "Proposer",
+        "engine": "e",
+        "template": "aft_propose",
+        "lora": None,
+    }
+    assert propose["sampling"]["n"] == 2
+    assert set(described["layers"][0]) == {"agents", "min_candidates", "timeout"}
+    assert described["final"]["class"] == "Aggregator"
+    other = describe_topology(presets.aft(FakeEngine(name="e"), n=3, num_aggregation=1))
+    assert fingerprint(described) != fingerprint(other)
+
+
+async def test_a_running_output_is_locked(tmp_path: Path) -> None:
+    """While a runner holds its output, another runner on it is refused naming the process."""
+    path = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "q"}])
+    out = tmp_path / "out.jsonl"
+    runner = Runner(presets.aft(echo_engine(), n=1), path, out)
+    with runner.claim():
+        with pytest.raises(ConfigError, match=r"in use by another aftlib process \(pid \d+\)"):
+            await Runner(presets.aft(echo_engine(), n=1), path, out).run()
+        await runner.run()  # the holder runs
+    assert not (tmp_path / "out.jsonl.lock").exists()
+
+
+async def test_callbacks_see_the_start_each_record_and_bad_lines(tmp_path: Path) -> None:
+    """on_progress is called at the start (nothing finished) and per record; on_bad_line gets FILE:LINE."""
+    path = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a"}, "nope", {"prompt": "b"}])
+    finished: list[int] = []
+    bad: list[str] = []
+    runner = Runner(
+        presets.aft(echo_engine(), n=1),
+        path,
+        tmp_path / "out.jsonl",
+        on_progress=lambda stats: finished.append(stats.finished),
+        on_bad_line=lambda error: bad.append(str(error)),
+    )
+    await runner.run()
+    assert finished[0] == 0
+    assert finished[-1] == 3
+    assert bad == [f"{path}:2: not valid JSON: Expecting value (column 1)"]

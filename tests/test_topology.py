@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import aclosing
 
 import anyio
 import anyio.lowlevel
@@ -75,7 +74,8 @@ async def test_stream_yields_the_same_events_as_callbacks() -> None:
     topology = presets.aft(FakeEngine(), n=2)
     via_callback: list[Event] = []
     expected = await topology.run(TWO_TURNS, on_event=via_callback.append)
-    streamed = [e async for e in topology.stream(TWO_TURNS)]
+    async with topology.stream(TWO_TURNS) as events:
+        streamed = [e async for e in events]
     assert streamed == via_callback
     last = streamed[-1]
     assert isinstance(last, AnswerDone)
@@ -101,7 +101,7 @@ async def test_closing_a_stream_cancels_the_engine_requests() -> None:
     layer = Layer([Proposer(engine, name="quick"), Proposer(engine, name="hangs", sampling=hanging)])
     topology = Topology([layer], Aggregator(engine))
     with anyio.fail_after(5):
-        async with aclosing(topology.stream("q")) as events:
+        async with topology.stream("q") as events:
             async for _ in events:
                 break
     assert cancelled == [0], "the hanging generation was not cancelled"
@@ -212,7 +212,7 @@ async def test_bad_conversations_are_input_errors(conversation: object, message:
     with pytest.raises(InputError, match=message):
         await presets.aft(engine).run(conversation)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=message):
-        async for _ in presets.aft(engine).stream(conversation):  # type: ignore[arg-type]
+        async with presets.aft(engine).stream(conversation) as events:  # type: ignore[arg-type]
             pass
     assert engine.requests == []
 

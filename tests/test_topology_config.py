@@ -84,7 +84,7 @@ def broken(path: tuple[str, ...], value: object) -> dict[str, object]:
             ("engines", "api", "api_kee"),
             "X",
             "engines.api.api_kee",
-            "unknown key for an engine of type openai",
+            "unknown key 'api_kee'; did you mean 'api_key_env'",
         ),
         (("layers",), [["agg"]], "layers", "aggregator in the first layer"),
         (("agents", "p1", "template"), "nope", "agents.p1.template", "template 'nope' is not a built-in"),
@@ -111,20 +111,21 @@ def test_an_adapter_the_engine_cannot_serve_names_the_lora_key() -> None:
     assert info.value.path == "agents.p1.lora"
 
 
-def test_explicit_gpu_shares_are_respected() -> None:
-    """Several vLLM engines: what none claims explicitly (of 0.9) is split among the others."""
+def test_config_passes_only_the_gpu_shares_the_user_wrote() -> None:
+    """Several vLLM engines: config adds no gpu_memory_utilization (the engine pool splits the GPU).
+
+    An engine that sets a share keeps it unchanged; the others get none from config, so the Python API
+    and YAML build the same engines.
+    """
     engines = {
         "a": {"type": "vllm", "model": "x", "gpu_memory_utilization": 0.5},
         "b": {"type": "vllm", "model": "y"},
-        "c": {"type": "vllm", "model": "z"},
+        "c": {"type": "vllm", "model": "z", "max_model_len": 512},
     }
     agents = {n: {"engine": n} for n in engines} | {"f": {"role": "aggregator", "engine": "a"}}
     topology = config.parse({"engines": engines, "agents": agents, "layers": [["a", "b", "c"]], "final": "f"})
-    shares = [e.engine_args["gpu_memory_utilization"] for e in topology.engines]  # type: ignore[attr-defined]
-    assert shares == [0.5, 0.2, 0.2]
-    engines["a"]["gpu_memory_utilization"] = 0.88
-    with pytest.raises(ConfigError, match="leaving too little"):
-        config.parse({"engines": engines, "agents": agents, "layers": [["a", "b", "c"]], "final": "f"})
+    args = [e.engine_args for e in topology.engines]  # type: ignore[attr-defined]
+    assert args == [{"gpu_memory_utilization": 0.5}, {}, {"max_model_len": 512}]
 
 
 def test_example_configs_load() -> None:
@@ -137,8 +138,8 @@ def test_example_configs_load() -> None:
     moa = config.load(EXAMPLES / "moa.yaml")
     kinds = {type(e) for e in moa.engines}
     assert kinds == {VLLMEngine, OpenAIEngine}
-    shares = [e.engine_args["gpu_memory_utilization"] for e in moa.engines if isinstance(e, VLLMEngine)]
-    assert shares == [0.45, 0.45], "two vLLM engines split the GPU explicitly"
+    args = [e.engine_args for e in moa.engines if isinstance(e, VLLMEngine)]
+    assert args == [{"max_model_len": 16384}] * 2, "config adds no GPU share: the engine pool splits the GPU"
 
 
 def test_cli_dry_run_on_a_fake_topology(tmp_path: Path) -> None:
@@ -169,20 +170,20 @@ def test_cli_dry_run_on_a_fake_topology(tmp_path: Path) -> None:
     assert "5 done" in done.stderr
 
 
-def test_a_layer_mapping_sets_quorum_and_deadline_and_retry_wraps_the_engine() -> None:
-    """A layer written as a mapping carries min_candidates and deadline; an engine's retry key wraps it."""
+def test_a_layer_mapping_sets_quorum_and_timeout_and_retry_wraps_the_engine() -> None:
+    """A layer written as a mapping carries min_candidates and timeout; an engine's retry key wraps it."""
     from aftlib.engines import RetryingEngine
 
     data = {
         "engines": {"f": {"type": "fake", "retry": {"attempts": 3, "timeout": 5}}},
         "agents": {"a": {"engine": "f"}, "b": {"engine": "f"}, "j": {"engine": "f", "role": "aggregator"}},
-        "layers": [{"agents": ["a", "b"], "min_candidates": 1, "deadline": 2.5}, ["j"]],
+        "layers": [{"agents": ["a", "b"], "min_candidates": 1, "timeout": 2.5}, ["j"]],
         "final": "j",
     }
     topology = config.parse(data)
     first, second = topology.layers
-    assert (first.min_candidates, first.deadline) == (1, 2.5)
-    assert (second.min_candidates, second.deadline) == (None, None)
+    assert (first.min_candidates, first.timeout) == (1, 2.5)
+    assert (second.min_candidates, second.timeout) == (None, None)
     engine = topology.final.engine
     assert isinstance(engine, RetryingEngine)
     assert (engine.attempts, engine.timeout, engine.backoff) == (3, 5.0, 0.5)
@@ -193,16 +194,16 @@ def test_a_layer_mapping_sets_quorum_and_deadline_and_retry_wraps_the_engine() -
     ("layers", "engine", "path", "message"),
     [
         ([{"agents": ["a"], "min_candidates": 3}], {}, "layers[0].min_candidates", "between 1 and the 1"),
-        ([{"agents": ["a"], "quorum": 3}], {}, "layers[0]", "quorum"),
+        ([{"agents": ["a"], "quorum": 3}], {}, "layers[0].quorum", "quorum"),
         ([{"agents": ["zz"]}], {}, "layers[0].agents[0]", "unknown agent 'zz'"),
-        ([{"agents": ["a"], "deadline": "soon"}], {}, "layers[0].deadline", "expected float"),
-        ([["a"]], {"retry": {"attempt": 3}}, "engines.f.retry", "attempt"),
+        ([{"agents": ["a"], "timeout": "soon"}], {}, "layers[0].timeout", "expected float"),
+        ([["a"]], {"retry": {"attempt": 3}}, "engines.f.retry.attempt", "attempt"),
     ],
 )
 def test_layer_and_retry_mistakes_name_the_key(
     layers: list[object], engine: dict[str, object], path: str, message: str
 ) -> None:
-    """Bad quorum, deadline and retry settings are ConfigErrors naming the file and key path."""
+    """Bad quorum, timeout and retry settings are ConfigErrors naming the file and key path."""
     data = {
         "engines": {"f": {"type": "fake", **engine}},
         "agents": {"a": {"engine": "f"}, "j": {"engine": "f", "role": "aggregator"}},
@@ -252,3 +253,209 @@ def test_user_templates_come_only_from_the_template_directories(tmp_path: Path) 
         with pytest.raises(ConfigError, match="not a built-in template") as info:
             config.load(write(refused, dirs))
         assert info.value.path == "agents.a.template"
+
+
+def fake_topology(**changes: object) -> dict[str, object]:
+    data: dict[str, object] = {
+        "engines": {"f": {"type": "fake"}},
+        "agents": {"a": {"engine": "f"}, "j": {"engine": "f", "role": "aggregator"}},
+        "layers": [["a"]],
+        "final": "j",
+    }
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "suggestion"),
+    [
+        ({("engins" if k == "engines" else k): v for k, v in TOPOLOGY.items()}, "engins", "engines"),
+        (broken(("engines", "a", "latncy"), 1), "engines.a.latncy", "latency"),
+        (broken(("engines", "api", "max_in_flite"), 4), "engines.api.max_in_flite", "max_in_flight"),
+        (broken(("agents", "p2", "templat"), "passthrough"), "agents.p2.templat", "template"),
+        (
+            broken(("agents", "p1", "sampling", "temprature"), 1),
+            "agents.p1.sampling.temprature",
+            "temperature",
+        ),
+        (fake_topology(layers=[{"agents": ["a"], "deadline": 3}]), "layers[0].deadline", "timeout"),
+        (
+            fake_topology(engines={"f": {"type": "fake", "retry": {"atempts": 2}}}),
+            "engines.f.retry.atempts",
+            "attempts",
+        ),
+        (
+            fake_topology(engines={"f": {"type": "vllm", "model": "m", "retri": {}}}),
+            "engines.f.retri",
+            "retry",
+        ),
+        (fake_topology(engines={"f": {"type": "vlm", "model": "m"}}), "engines.f.type", "vllm"),
+    ],
+)
+def test_a_misspelt_key_at_any_level_names_its_path_and_the_closest_key(
+    data: dict[str, object], path: str, suggestion: str
+) -> None:
+    """A misspelt key (top level, engine, retry, agent, sampling, layer) is named with its path and a hint.
+
+    The message says the path in words and suggests the closest known key; ``deadline`` points to
+    ``timeout``, its name since layers take a duration.
+    """
+    with pytest.raises(ConfigError) as info:
+        config.parse(data, source="topo.yaml")
+    assert info.value.path == path
+    assert f"did you mean {suggestion!r}?" in info.value.message
+    assert "@ $" not in str(info.value)
+    assert str(info.value).startswith(f"topo.yaml: {path}: ")
+
+
+def test_a_misspelt_top_level_key_says_which_keys_are_known() -> None:
+    """The top-level message names the key, the closest known one and all the known keys."""
+    data = {("engins" if k == "engines" else k): v for k, v in TOPOLOGY.items()}
+    with pytest.raises(ConfigError) as info:
+        config.parse(data, source="topo.yaml")
+    assert str(info.value) == (
+        "topo.yaml: engins: unknown key 'engins'; did you mean 'engines'? "
+        "known keys: engines, agents, layers, final, template_dirs"
+    )
+
+
+def test_a_list_of_base_urls_builds_replicas_named_by_index() -> None:
+    """An openai engine with a list of base URLs is Replicas of one OpenAIEngine per URL, NAME[i]."""
+    from aftlib.engines import Replicas
+
+    topology = config.parse(broken(("agents", "p2", "engine"), "api"))
+    engine = topology.layers[0].agents[1].engine
+    assert isinstance(engine, Replicas)
+    assert engine.name == "api"
+    assert [(r.name, type(r)) for r in engine.replicas] == [
+        ("api[0]", OpenAIEngine),
+        ("api[1]", OpenAIEngine),
+    ]
+    assert [r.base_url for r in engine.replicas] == ["http://x.test/v1", "http://y.test/v1"]  # type: ignore[attr-defined]
+
+
+def test_one_base_url_builds_one_openai_engine_with_its_settings() -> None:
+    """A single base URL is one OpenAIEngine; model, key variable, timeout and supports_n reach it."""
+    spec = {
+        "type": "openai",
+        "model": "m",
+        "base_url": "http://x.test/v1",
+        "api_key_env": "KEY",
+        "timeout": 9,
+        "supports_n": False,
+    }
+    topology = config.parse(fake_topology(engines={"f": spec}))
+    engine = topology.final.engine
+    assert isinstance(engine, OpenAIEngine)
+    assert (engine.name, engine.model, engine.api_key_env, engine.timeout) == ("f", "m", "KEY", 9.0)
+    assert engine.supports_n is False
+
+
+def test_max_in_flight_limits_the_engine_inside_its_retries() -> None:
+    """max_in_flight wraps the engine in LimitedEngine; retry wraps that, so each retry waits its turn."""
+    from aftlib.engines import LimitedEngine, RetryingEngine
+
+    spec = {"type": "fake", "latency": 0.01, "max_in_flight": 2, "retry": {"attempts": 2}}
+    engine = config.parse(fake_topology(engines={"f": spec})).final.engine
+    assert isinstance(engine, RetryingEngine)
+    assert engine.attempts == 2
+    assert isinstance(engine.inner, LimitedEngine)
+    assert engine.inner.max_in_flight == 2
+    assert isinstance(engine.inner.inner, FakeEngine)
+    assert engine.inner.inner.latency == 0.01
+    alone = config.parse(fake_topology(engines={"f": {"type": "fake", "max_in_flight": 1}})).final.engine
+    assert isinstance(alone, LimitedEngine)
+    assert alone.name == "f"
+
+
+async def test_max_in_flight_from_a_file_holds_requests_back() -> None:
+    """With max_in_flight: 1, a layer of three agents on one fake engine sends one request at a time."""
+    spec = {"type": "fake", "latency": 0.01, "max_in_flight": 1}
+    data = fake_topology(
+        engines={"f": spec},
+        agents={n: {"engine": "f"} for n in ("a", "b", "c")} | {"j": {"engine": "f", "role": "aggregator"}},
+        layers=[["a", "b", "c"]],
+    )
+    async with config.parse(data) as topology:
+        await topology.run("q")
+    fake = topology.final.engine.inner  # type: ignore[attr-defined]
+    assert isinstance(fake, FakeEngine)
+    assert (len(fake.requests), fake.peak_in_flight) == (4, 1)
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "message"),
+    [
+        ({"type": "fake", "latency": "slow"}, "engines.f.latency", "expected float, got str 'slow'"),
+        ({"type": "fake", "context_window": 0}, "engines.f.context_window", "must be >= 1"),
+        ({"type": "fake", "max_in_flight": 0}, "engines.f.max_in_flight", "must be >= 1"),
+        ({"type": "fake", "max_in_flight": True}, "engines.f.max_in_flight", "expected int, got bool"),
+        ({"type": "fake", "retry": {"attempts": "3"}}, "engines.f.retry.attempts", "expected int, got str"),
+        ({"type": "fake", "retry": 3}, "engines.f.retry", "expected a mapping"),
+        ({"type": "openai", "model": "m", "base_url": []}, "engines.f.base_url", "non-empty list of URLs"),
+        ({"type": "openai", "model": "m", "base_url": ["u", 3]}, "engines.f.base_url[1]", "expected str"),
+        (
+            {"type": "openai", "model": "m", "base_url": "u", "supports_n": "no"},
+            "engines.f.supports_n",
+            "bool",
+        ),
+        ({"type": "openai", "base_url": "u"}, "engines.f.model", "an openai engine needs 'model'"),
+        ({"type": "vllm"}, "engines.f.model", "a vllm engine needs 'model'"),
+        ({"type": "vllm", "model": 3}, "engines.f.model", "expected str, got int 3"),
+        (
+            {"type": "vllm", "model": "m", "lora_adapters": ["a"]},
+            "engines.f.lora_adapters",
+            "expected a mapping",
+        ),
+        ({"type": "vllm", "model": "m", "name": "x"}, "engines.f.name", "its key under 'engines'"),
+        ({"model": "m"}, "engines.f.type", "needs a 'type'"),
+        ("fake", "engines.f", "an engine is a mapping"),
+    ],
+)
+def test_engine_spec_errors_name_the_engine_and_key(spec: object, path: str, message: str) -> None:
+    """Each engine type's keys are typed: a wrong value or a missing key names engines.NAME.KEY."""
+    with pytest.raises(ConfigError) as info:
+        config.parse(fake_topology(engines={"f": spec}), source="topo.yaml")
+    assert (info.value.path, info.value.source) == (path, "topo.yaml")
+    assert message in info.value.message
+
+
+def test_vllm_engine_keys_of_its_own_are_typed_and_the_rest_reach_vllm() -> None:
+    """A vllm entry's own keys build the engine; every other key is passed to vLLM as an engine argument."""
+    spec = {
+        "type": "vllm",
+        "model": "/models/m",
+        "lora_adapters": {"style": "/adapters/style"},
+        "max_model_len": 2048,
+        "enforce_eager": True,
+    }
+    engine = config.parse(fake_topology(engines={"f": spec})).final.engine
+    assert isinstance(engine, VLLMEngine)
+    assert (engine.name, engine.model, engine.lora_adapters) == (
+        "f",
+        "/models/m",
+        {"style": "/adapters/style"},
+    )
+    assert engine.engine_args == {
+        "max_model_len": 2048,
+        "enforce_eager": True,
+        "enable_lora": True,
+        "max_loras": 1,
+    }
+    assert config.VLLMEngineSpec("/models/m", engine_args={"dtype": "half"}).engine_args == {"dtype": "half"}
+
+
+def test_an_agents_sampling_is_sampling_params_with_its_defaults() -> None:
+    """An agent's sampling mapping becomes aftlib.SamplingParams; keys left out keep its defaults."""
+    from aftlib import SamplingParams
+
+    topology = config.parse(
+        fake_topology(
+            agents={
+                "a": {"engine": "f", "sampling": {"max_tokens": 7, "stop": "END"}},
+                "j": {"engine": "f", "role": "aggregator"},
+            }
+        )
+    )
+    assert topology.layers[0].agents[0].sampling == SamplingParams(max_tokens=7, stop=("END",))
+    assert topology.final.sampling == SamplingParams()

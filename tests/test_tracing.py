@@ -130,3 +130,12 @@ def test_a_malformed_trace_is_an_input_error() -> None:
     with pytest.raises(InputError, match="malformed request") as info:
         traced_requests({"requests": [{"layer": 0, "agent": "a", "messages": [], "lora": None}]})
     assert info.value.where == "requests[0]"
+    assert "missing 'sampling'" in info.value.message
+
+
+def test_a_traced_message_without_content_names_its_path() -> None:
+    """A traced request whose message has no 'content' says so at requests[i].messages[j]."""
+    request = {"layer": 0, "agent": "a", "sampling": {}, "lora": None, "messages": [{"role": "user"}]}
+    with pytest.raises(InputError, match="missing 'content'") as info:
+        traced_requests({"requests": [request]})
+    assert info.value.where == "requests[0].messages[0]"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -134,7 +133,7 @@ async def test_streamed_and_unstreamed_generation_agree(vllm_engine: VLLMEngine)
 async def test_closing_a_stream_aborts_the_request(vllm_engine: VLLMEngine) -> None:
     """Leaving topology.stream() early aborts the generation in the engine."""
     topology = presets.aft(vllm_engine, n=2, max_tokens=1500)
-    async with aclosing(topology.stream("Tell me a story.")) as events:
+    async with topology.stream("Tell me a story.") as events:
         async for event in events:
             if isinstance(event, TokenDelta):
                 break

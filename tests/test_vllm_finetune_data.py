@@ -43,7 +43,7 @@ async def test_on_policy_drafts_are_sampled_by_vllm(vllm_engine: VLLMEngine, tmp
         seed=0,
         sampling=sampling,
         concurrency=1,
-        progress=tmp_path / "onpolicy.progress.jsonl",
+        cache=tmp_path / "onpolicy.drafts.jsonl",
     )
     card = await write_dataset(out, items, sources={"k": 3}, tokenizer=vllm_engine.tokenizer)
     raw = [json.loads(line) for line in UF.read_text().splitlines()]
@@ -78,9 +78,9 @@ async def test_on_policy_drafts_are_sampled_by_vllm(vllm_engine: VLLMEngine, tmp
             k=3,
             seed=0,
             sampling=sampling,
-            progress=tmp_path / "onpolicy.progress.jsonl",
+            cache=tmp_path / "onpolicy.drafts.jsonl",
         )
     ]
-    assert rerun.requests == []  # every draft came from the progress file
+    assert rerun.requests == []  # every draft came from the draft cache
     assert [i.to_json() for i in resumed if isinstance(i, Example)] == examples
     assert sum(isinstance(i, Skip) for i in resumed) == card.total_skipped

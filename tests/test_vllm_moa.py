@@ -28,11 +28,12 @@ async def test_openai_engine_against_a_real_vllm_server(openai_server: str) -> N
         request = ChatRequest([Message("user", "hello")], SamplingParams(n=3, max_tokens=8, seed=1))
         deltas = []
         completion = None
-        async for item in engine.stream(request):
-            if isinstance(item, type(completion)) or hasattr(item, "samples"):
-                completion = item
-            else:
-                deltas.append(item)
+        async with engine.stream(request) as items:
+            async for item in items:
+                if isinstance(item, type(completion)) or hasattr(item, "samples"):
+                    completion = item
+                else:
+                    deltas.append(item)
     assert completion is not None
     assert [s.index for s in completion.samples] == [0, 1, 2]
     for sample in completion.samples:

@@ -13,10 +13,12 @@ Example:
 
 from __future__ import annotations
 
-from . import config, engines, presets, testing
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import engines, presets
 from ._accounting import Price, PriceTable
 from ._agents import Agent, Aggregator, Proposer, SequentialAggregator
-from ._budget import Cut
 from ._errors import (
     AftError,
     ConfigError,
@@ -24,6 +26,7 @@ from ._errors import (
     EngineError,
     EngineTimeoutError,
     InputError,
+    MissingExtraError,
     QuorumError,
     RateLimitError,
     ServerError,
@@ -40,11 +43,12 @@ from ._results import (
     Result,
     TokenDelta,
 )
-from ._runner import Progress, Runner, RunSummary
+from ._runner import Runner, RunStats, RunSummary
 from ._templates import PromptTemplate
 from ._topology import Layer, Topology
 from ._trace import TracedRequest, traced_requests
-from ._types import ChatRequest, Completion, Delta, Message, Sample, SamplingParams, Usage
+from ._util import publish
+from ._types import ChatRequest, Completion, Cut, Delta, Message, Sample, SamplingParams, Usage
 
 __version__ = "0.1.0"
 
@@ -70,14 +74,15 @@ __all__ = (
     "LayerDone",
     "LayerResult",
     "Message",
+    "MissingExtraError",
     "Price",
     "PriceTable",
-    "Progress",
     "PromptTemplate",
     "Proposer",
     "QuorumError",
     "RateLimitError",
     "Result",
+    "RunStats",
     "RunSummary",
     "Runner",
     "Sample",
@@ -96,3 +101,18 @@ __all__ = (
     "testing",
     "traced_requests",
 )
+
+if TYPE_CHECKING:
+    from . import config, finetune, testing
+
+_SUBMODULES = ("config", "finetune", "testing")
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``aftlib.config``, ``aftlib.finetune`` and ``aftlib.testing`` on first use."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+publish(globals(), __name__)

@@ -19,9 +19,11 @@ from typing import Any
 from attrs import define, field, frozen
 
 from ._errors import ConfigError
+from ._io import read_yaml
 from ._results import AgentFailure, Result
 from ._topology import Topology
 from ._types import Usage
+from .config._converter import config_class, structure
 from .engines._base import Engine
 
 __all__ = ("Ledger", "Price", "PriceTable", "usage_dict")
@@ -37,6 +39,25 @@ def _price(name: str) -> Any:
     return check
 
 
+def _number(name: str, value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"could not convert {name} {value!r} to a number (a price is a number >= 0)")
+    return float(value)
+
+
+def _prompt(value: Any) -> float:
+    return _number("prompt", value)
+
+
+def _completion(value: Any) -> float:
+    return _number("completion", value)
+
+
+def _cached(value: Any) -> float | None:
+    return None if value is None else _number("cached", value)
+
+
+@config_class("a price", typed=False)
 @frozen
 class Price:
     """What one model costs per million tokens.
@@ -47,9 +68,9 @@ class Price:
         cached: Per million prompt tokens served from the prefix cache; None charges the prompt price.
     """
 
-    prompt: float = field(converter=float, validator=_price("prompt"))
-    completion: float = field(converter=float, validator=_price("completion"))
-    cached: float | None = field(default=None, validator=_price("cached"))
+    prompt: float = field(converter=_prompt, validator=_price("prompt"))
+    completion: float = field(converter=_completion, validator=_price("completion"))
+    cached: float | None = field(default=None, converter=_cached, validator=_price("cached"))
 
     def cost(self, usage: Usage) -> float:
         """The cost of ``usage`` at these prices."""
@@ -77,8 +98,6 @@ class PriceTable:
         Raises:
             ConfigError: The file is unreadable or malformed; the error names the model and key.
         """
-        from .config import read_yaml
-
         return cls.parse(read_yaml(path, "the price table"), source=str(path))
 
     @classmethod
@@ -90,29 +109,7 @@ class PriceTable:
         """
         if not isinstance(data, Mapping):
             raise ConfigError("a price table maps model names to prices", source=source)
-        prices = {}
-        for model, spec in data.items():
-            if not isinstance(spec, Mapping):
-                raise ConfigError("expected {prompt: ..., completion: ...}", path=str(model), source=source)
-            unknown = sorted(set(spec) - {"prompt", "completion", "cached"})
-            if unknown:
-                raise ConfigError(
-                    f"unknown key {unknown[0]!r}; a price has prompt, completion and cached",
-                    path=f"{model}.{unknown[0]}",
-                    source=source,
-                )
-            for key in ("prompt", "completion"):
-                if key not in spec:
-                    raise ConfigError(f"missing key {key!r}", path=f"{model}.{key}", source=source)
-            try:
-                prices[str(model)] = Price(spec["prompt"], spec["completion"], spec.get("cached"))
-            except (TypeError, ValueError) as exc:
-                path = exc.path if isinstance(exc, ConfigError) else None
-                message = exc.message if isinstance(exc, ConfigError) else str(exc)
-                raise ConfigError(
-                    message, path=f"{model}.{path}" if path else str(model), source=source
-                ) from None
-        return cls(prices)
+        return cls(structure(data, dict[str, Price], source=source))
 
     def find(self, engine: Engine) -> Price | None:
         """The price of ``engine``'s model: by engine name, then by the model it serves; None if absent."""

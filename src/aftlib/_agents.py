@@ -6,19 +6,17 @@ import hashlib
 import inspect
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import aclosing
 from typing import ClassVar
 
 import attrs
-import structlog
 from attrs import define, field
 
-from ._budget import Cut, fit
+from ._budget import fit
 from ._errors import ConfigError
-from ._logging import get_logger
+from ._logging import context, get_logger
 from ._results import Candidate, CandidateDone, Event, TokenDelta
 from ._templates import PromptTemplate, as_template
-from ._types import ChatRequest, Completion, Delta, Message, SamplingParams, Usage
+from ._types import ChatRequest, Completion, Cut, Delta, Message, SamplingParams, Usage
 from .engines._base import Engine
 
 __all__ = ("Agent", "Aggregator", "Emit", "Proposer", "SequentialAggregator", "emitter")
@@ -113,7 +111,7 @@ class Agent:
         Returns:
             The candidates, in sample order, and the engine's completion.
         """
-        with structlog.contextvars.bound_contextvars(layer=layer, agent=self.name):
+        with context(layer=layer, agent=self.name):
             log = get_logger(__name__)
             request, cuts = self.prepare(conversation, references)
             if cuts:
@@ -127,8 +125,8 @@ class Agent:
             if emit is None:  # no one watches the tokens: let the engine skip streaming them
                 completion = await self.engine.generate(request)
             else:
-                async with aclosing(self.engine.stream(request)) as stream:
-                    async for item in stream:
+                async with self.engine.stream(request) as items:
+                    async for item in items:
                         if isinstance(item, Delta):
                             if item.text:
                                 await emit(TokenDelta(layer, self.name, item.index, item.text, is_answer))

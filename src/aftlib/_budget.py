@@ -10,31 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from attrs import evolve, frozen
+from attrs import evolve
 
 from ._errors import ContextLengthError
-from ._types import Message, SamplingParams
+from ._types import Cut, Message, SamplingParams
 from .engines._base import Engine
 
-__all__ = ("TRUNCATION_MARKER", "Cut", "fit")
+__all__ = ("TRUNCATION_MARKER", "fit")
 
 TRUNCATION_MARKER = " [... truncated to fit the context]"
 """Appended to a reference that was cut."""
-
-
-@frozen
-class Cut:
-    """A reference shortened to fit the context.
-
-    Attributes:
-        reference: Its position among the references (0-based).
-        tokens: Its length in tokens.
-        kept: The tokens kept (the marker comes after them).
-    """
-
-    reference: int
-    tokens: int
-    kept: int
 
 
 def fair_shares(lengths: Sequence[int], budget: int) -> list[int]:

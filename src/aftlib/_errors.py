@@ -7,6 +7,7 @@ library raises on purpose. User mistakes are kept apart from runtime failures of
     ├── ConfigError            a bad parameter, topology or config file (names the key path and file)
     │   └── TemplateError      a prompt template that is missing or fails to render
     ├── InputError             a bad conversation or input record (names where it came from)
+    ├── MissingExtraError      an optional dependency is not installed (also an ``ImportError``)
     └── EngineError            an engine failed at run time (the third-party error is the ``__cause__``)
         ├── EngineTimeoutError     a request took longer than allowed
         ├── RateLimitError         the server asked us to slow down
@@ -15,7 +16,8 @@ library raises on purpose. User mistakes are kept apart from runtime failures of
         └── QuorumError            a layer got fewer candidates than it needs (its agents failed)
 
 ``ConfigError`` and ``InputError`` are also ``ValueError`` so that code written against the standard
-library's conventions keeps working.
+library's conventions keeps working. Engine errors carry structured fields where the engine gave them:
+:attr:`EngineError.status` (an HTTP status) and :attr:`RateLimitError.retry_after` (seconds).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = (
     "EngineError",
     "EngineTimeoutError",
     "InputError",
+    "MissingExtraError",
     "QuorumError",
     "RateLimitError",
     "ServerError",
@@ -78,8 +81,34 @@ class InputError(AftError, ValueError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class MissingExtraError(AftError, ImportError):
+    """An optional dependency is not installed; the message says which extra installs it.
+
+    Args:
+        what: What needs the dependency, such as ``"OpenAIEngine"``.
+        extra: The aftlib extra that installs it, such as ``"openai"``.
+        module: The module that failed to import.
+    """
+
+    def __init__(self, what: str, extra: str, module: str | None = None) -> None:
+        self.what = what
+        self.extra = extra
+        self.module = module
+        missing = f" (cannot import {module})" if module else ""
+        super().__init__(f"{what} needs the {extra} extra: pip install 'aftlib[{extra}]'{missing}", name=module)
+
+
 class EngineError(AftError):
-    """An engine failed while generating. The original error, if any, is the ``__cause__``."""
+    """An engine failed while generating. The original error, if any, is the ``__cause__``.
+
+    Args:
+        message: What failed, naming the engine.
+        status: The HTTP status of the failed request, when there was one.
+    """
+
+    def __init__(self, message: str = "", *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class EngineTimeoutError(EngineError):
@@ -87,7 +116,17 @@ class EngineTimeoutError(EngineError):
 
 
 class RateLimitError(EngineError):
-    """The engine refused a request because of a rate limit."""
+    """The engine refused a request because of a rate limit.
+
+    Args:
+        message: What happened.
+        retry_after: Seconds the server asked to wait before trying again, when it said.
+        status: The HTTP status (429 for OpenAI-compatible servers).
+    """
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
 
 
 class ServerError(EngineError):

@@ -15,7 +15,6 @@ a JSON array). Other fields are kept and carried to the output.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -23,13 +22,14 @@ from typing import Any
 from attrs import field, frozen
 
 from ._errors import InputError
+from ._io import iter_json
 from ._types import Message, as_conversation
 
-__all__ = ("BadLine", "Record", "parse_record", "read_records")
+__all__ = ("BadLine", "InputRecord", "parse_input_record", "read_records")
 
 
 @frozen
-class Record:
+class InputRecord:
     """One input record, ready to run.
 
     Attributes:
@@ -64,7 +64,7 @@ def _user(text: Any, key: str) -> tuple[Message, ...]:
     return (Message("user", text),)
 
 
-def parse_record(data: Any, *, line: int) -> Record:
+def parse_input_record(data: Any, *, line: int) -> InputRecord:
     """Recognise one decoded JSON value as a record.
 
     Raises:
@@ -78,9 +78,9 @@ def parse_record(data: Any, *, line: int) -> Record:
     rid: str | int = own if own is not None else line
     followups: tuple[str, ...] = ()
     if "query" in data:
-        kind, conversation = "aft", as_conversation(data["query"])
+        kind, conversation = "aft", as_conversation(data["query"], path="query")
     elif "messages" in data:
-        kind, conversation = "messages", as_conversation(data["messages"])
+        kind, conversation = "messages", as_conversation(data["messages"], path="messages")
     elif "turns" in data:
         turns = data["turns"]
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
@@ -101,33 +101,10 @@ def parse_record(data: Any, *, line: int) -> Record:
             "unrecognised record: expected one of the keys query, messages, turns, instruction or "
             f"prompt; it has {keys}"
         )
-    return Record(rid, line, kind, conversation, followups, data)
+    return InputRecord(rid, line, kind, conversation, followups, data)
 
 
-def _json_array(text: str) -> Iterator[tuple[int, str, Any]]:
-    """Yield (line, source text, value) for each item of a JSON array, without a second parse."""
-    decoder = json.JSONDecoder()
-    pos = text.index("[") + 1
-    index = 0
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n":
-            pos += 1
-        if pos < len(text) and text[pos] == "]":
-            return
-        if index and text[pos : pos + 1] == ",":
-            pos += 1
-            while pos < len(text) and text[pos] in " \t\r\n":
-                pos += 1
-        try:
-            value, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"not a valid JSON array: {exc.msg}", where=f"line {exc.lineno}") from None
-        index += 1
-        yield index, text[pos:end], value
-        pos = end
-
-
-def read_records(path: str | os.PathLike[str]) -> Iterator[Record | BadLine]:
+def read_records(path: str | os.PathLike[str]) -> Iterator[InputRecord | BadLine]:
     """Read records one at a time: JSONL is streamed line by line; a JSON array is read whole.
 
     Blank lines are skipped. A line that is not valid JSON, or not a recognisable record, comes out as a
@@ -136,35 +113,11 @@ def read_records(path: str | os.PathLike[str]) -> Iterator[Record | BadLine]:
     Raises:
         InputError: The file cannot be read, or a JSON array in it is broken (no item can be trusted).
     """
-    try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the generator's finally
-    except OSError as exc:
-        raise InputError(f"cannot read the input: {exc.strerror or exc}", where=str(path)) from None
-    with handle:
-        first = ""
-        while not first:
-            chunk = handle.read(1)
-            if not chunk:
-                return
-            first = chunk.strip()
-        handle.seek(0)
-        if first == "[":
-            for index, text, value in _json_array(handle.read()):
-                yield _record_or_bad(value, index, text)
-            return
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield BadLine(number, f"not valid JSON: {exc.msg} (column {exc.colno})", text.rstrip("\n"))
-                continue
-            yield _record_or_bad(value, number, text.rstrip("\n"))
-
-
-def _record_or_bad(value: Any, line: int, text: str) -> Record | BadLine:
-    try:
-        return parse_record(value, line=line)
-    except InputError as exc:
-        return BadLine(line, str(exc), text)
+    for item in iter_json(path, what="input"):
+        if item.error is not None:
+            yield BadLine(item.line, item.error, item.text)
+            continue
+        try:
+            yield parse_input_record(item.value, line=item.line)
+        except InputError as exc:
+            yield BadLine(item.line, str(exc), item.text)

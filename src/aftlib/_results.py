@@ -7,8 +7,7 @@ from typing import Literal
 
 from attrs import field, frozen
 
-from ._budget import Cut
-from ._types import ChatRequest, Usage
+from ._types import ChatRequest, Cut, Usage
 
 __all__ = (
     "AgentFailure",
@@ -51,7 +50,7 @@ class Candidate:
     requests: tuple[ChatRequest, ...] = field(default=(), eq=False, repr=False)
 
 
-FailureReason = Literal["error", "deadline", "cancelled"]
+FailureReason = Literal["error", "timeout", "cancelled"]
 
 
 @frozen
@@ -61,7 +60,7 @@ class AgentFailure:
     Attributes:
         layer: The layer's position.
         agent: The agent's name.
-        reason: ``"error"`` (its engine failed), ``"deadline"`` (still running at the layer's deadline) or
+        reason: ``"error"`` (its engine failed), ``"timeout"`` (still running when the layer timed out) or
             ``"cancelled"`` (still running when the layer had the candidates it needed).
         error: The engine error, as ``"ErrorType: message"``, when ``reason`` is ``"error"``.
     """

@@ -4,11 +4,14 @@ Records are pipelined: each one runs its own layers as soon as they can, never w
 records, and at most ``concurrency`` records are in flight. The input is streamed. Each finished record
 is appended to the output as one JSON line and flushed at once, so a crash loses at most the records in
 flight; rerunning the same command skips the records already done, repairs a torn last line, and retries
-records that failed.
+records that failed. While it runs, the runner holds an exclusive lock on the output, and the output's
+``OUT.run.json`` records what made it (the input file and the topology, as fingerprints), so a rerun
+with another input or topology is refused instead of mixing two datasets in one file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -18,20 +21,41 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
-from attrs import define, field, frozen
+from attrs import asdict, define, field, frozen
 
 from ._accounting import Ledger, PriceTable, usage_dict
+from ._agents import Agent
 from ._errors import AftError, ConfigError, InputError, QuorumError
+from ._io import (
+    atomic_write,
+    exclusive_lock,
+    file_fingerprint,
+    fingerprint,
+    iter_json,
+    side_path,
+    write_json_atomic,
+    write_text_atomic,
+)
+from ._logging import context as log_context
 from ._logging import get_logger
-from ._records import BadLine, Record, read_records
+from ._records import BadLine, read_records
+from ._records import InputRecord as Record
 from ._results import AgentFailure, Result
 from ._topology import Topology
 from ._trace import failure_dict, trace
 from ._types import Message, Usage
 
-__all__ = ("FORMATS", "Progress", "RunSummary", "Runner", "progress_path", "summary_path")
+__all__ = (
+    "FORMATS",
+    "RunStats",
+    "RunSummary",
+    "Runner",
+    "describe_topology",
+    "journal_path",
+    "run_path",
+    "summary_path",
+)
 
 Format = Literal["jsonl", "aft", "alpaca_eval", "mt_bench"]
 FORMATS: tuple[str, ...] = ("jsonl", "aft", "alpaca_eval", "mt_bench")
@@ -82,8 +106,18 @@ class RunSummary:
 
 
 @define
-class Progress:
-    """Live counters of a run, for a progress display."""
+class RunStats:
+    """Live counters of a run, for a progress display.
+
+    Attributes:
+        total: The records the run will read (None when not known ahead, for a JSON array).
+        done: Records answered in this run.
+        failed: Records that failed in this run.
+        resumed: Records skipped because the output already had them.
+        bad: Input lines that were not usable records.
+        completion_tokens: Tokens generated in this run.
+        started: When the run started (``time.monotonic()``).
+    """
 
     total: int | None = None
     done: int = 0
@@ -91,40 +125,108 @@ class Progress:
     resumed: int = 0
     completion_tokens: int = 0
     started: float = field(factory=time.monotonic)
+    bad: int = 0
 
     @property
     def finished(self) -> int:
-        """Records finished in any way."""
-        return self.done + self.failed + self.resumed
+        """Records (and bad lines) finished in any way."""
+        return self.done + self.failed + self.resumed + self.bad
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return max(time.monotonic() - self.started, 1e-9)
+
+    @property
+    def rate(self) -> float:
+        """Generated tokens per second."""
+        return self.completion_tokens / self.elapsed
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the pace of the records answered so far, or None when not known."""
+        worked = self.done + self.failed
+        if self.total is None or not worked:
+            return None
+        return max(self.total - self.finished, 0) * self.elapsed / worked
 
     def line(self) -> str:
         """One line: records done of total, generated tokens per second, time left."""
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.completion_tokens / elapsed
         total = "?" if self.total is None else str(self.total)
         text = f"records {self.finished}/{total}"
         if self.failed:
             text += f" ({self.failed} failed)"
-        text += f" | {rate:,.0f} tok/s | {elapsed:,.0f}s"
-        worked = self.done + self.failed
-        if self.total is not None and worked:
-            left = (self.total - self.finished) * elapsed / worked
-            text += f" | ETA {left:,.0f}s"
+        if self.bad:
+            text += f" ({self.bad} bad)"
+        text += f" | {self.rate:,.0f} tok/s | {self.elapsed:,.0f}s"
+        eta = self.eta
+        if eta is not None:
+            text += f" | ETA {eta:,.0f}s"
         return text
 
 
-def progress_path(output: Path, fmt: str) -> Path:
-    """Where a run appends its finished records: the output itself for JSONL, else a sibling file."""
-    return output if fmt == "jsonl" else output.with_name(output.name + ".progress.jsonl")
+def journal_path(output: Path, fmt: str) -> Path:
+    """Where a run appends its finished records: the output itself for JSONL, else ``OUT.journal.jsonl``.
+
+    The journal is what a rerun resumes from; the other formats are written from it at the end.
+    """
+    return output if fmt == "jsonl" else side_path(output, ".journal.jsonl")
 
 
 def _errors_path(output: Path) -> Path:
-    return output.with_name(output.name + ".errors.jsonl")
+    return side_path(output, ".errors.jsonl")
 
 
 def summary_path(output: Path) -> Path:
     """Where a run writes its summary (counts, usage per layer, agent and engine, cost)."""
-    return output.with_name(output.name + ".summary.json")
+    return side_path(output, ".summary.json")
+
+
+def run_path(output: Path) -> Path:
+    """Where a run records what made the output (input and topology fingerprints): ``OUT.run.json``."""
+    return side_path(output, ".run.json")
+
+
+def _engine_model(engine: Any) -> str | None:
+    inner: Any = engine
+    while inner is not None:
+        model = getattr(inner, "model", None)
+        if isinstance(model, str):
+            return model
+        inner = getattr(inner, "inner", None)
+    return None
+
+
+def _describe_agent(agent: Agent) -> dict[str, Any]:
+    return {
+        "class": type(agent).__name__,
+        "name": agent.name,
+        "engine": agent.engine.name,
+        "model": _engine_model(agent.engine),
+        "template": agent.template.name,
+        "sampling": asdict(agent.sampling),
+        "lora": agent.lora,
+    }
+
+
+def describe_topology(topology: Topology) -> dict[str, Any]:
+    """The topology as JSON: what decides its answers (agents, engines, models, templates, sampling).
+
+    Per agent its class, name, engine name and model, template, sampling and LoRA adapter; per layer
+    its agents, ``min_candidates`` and ``timeout``; then the final agent. Two topologies with the same
+    description answer the same way, so the runner fingerprints it to tell whose records an output holds.
+    """
+    return {
+        "layers": [
+            {
+                "agents": [_describe_agent(agent) for agent in layer.agents],
+                "min_candidates": layer.min_candidates,
+                "timeout": layer.timeout,
+            }
+            for layer in topology.layers
+        ],
+        "final": _describe_agent(topology.final),
+    }
 
 
 def _key(rid: Any) -> str:
@@ -155,9 +257,7 @@ def _resume(path: Path) -> set[str]:
             else:
                 dropped += 1
     if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(keep))
         get_logger(__name__, output=str(path)).info("repaired output", kept=len(keep), dropped=dropped)
     return done
 
@@ -193,12 +293,19 @@ class Runner:
         concurrency: The most records in flight at once.
         limit: Only the first ``limit`` input records.
         format: ``jsonl`` (one line per record, as it finishes), or a file written at the end from the
-            progress file: ``aft`` (the input items with a ``response``, one JSON array, input order),
-            ``alpaca_eval`` (``instruction, output, generator``) or ``mt_bench`` (FastChat answers).
+            journal (:func:`journal_path`): ``aft`` (the input items with a ``response``, one JSON array,
+            input order), ``alpaca_eval`` (``instruction, output, generator``) or ``mt_bench`` (FastChat
+            answers).
         trace: Add every layer's candidates to each output line.
         strict: Check the whole input first and stop before any generation if a line is bad.
         generator: The model name written into ``alpaca_eval`` and ``mt_bench`` outputs.
-        on_progress: Called with the live :class:`Progress` after each record.
+        on_progress: Called with the live :class:`RunStats` when the run starts and after each record.
+        on_bad_line: Called with an :class:`~aftlib.InputError` (``FILE:LINE: what is wrong``) for each
+            bad input line, instead of logging a warning.
+        prices: A price table, to add costs to the output and the summary.
+        restart: Start over: remove an earlier run's output and side files instead of resuming it.
+        config_name: What the topology came from (a config file), recorded in ``OUT.run.json`` and named
+            when a rerun is refused.
     """
 
     topology: Topology
@@ -210,13 +317,17 @@ class Runner:
     trace: bool = False
     strict: bool = False
     generator: str = "aftlib"
-    on_progress: Callable[[Progress], None] | None = None
+    on_progress: Callable[[RunStats], None] | None = None
     prices: PriceTable | None = None
     run_id: str = field(factory=lambda: uuid.uuid4().hex[:12])
-    progress: Progress = field(factory=Progress, init=False)
+    on_bad_line: Callable[[InputError], None] | None = None
+    restart: bool = False
+    config_name: str | None = None
+    stats: RunStats = field(factory=RunStats, init=False)
     _ledger: Ledger = field(init=False, repr=False)
     _counts: dict[str, int] = field(factory=dict, init=False, repr=False)
     _errors_file: Path | None = field(default=None, init=False, repr=False)
+    _claimed: bool = field(default=False, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -230,6 +341,91 @@ class Runner:
         if self.output is not None and self.output.resolve() == self.input.resolve():
             raise ConfigError("the output file is the input file")
         self._ledger = Ledger(self.topology, self.prices)
+
+    # --- the output: paths, lock and origin ---------------------------------------------------------
+
+    @contextlib.contextmanager
+    def claim(self) -> Iterator[None]:
+        """Take the output for this run, before any engine starts; :meth:`run` does it when not done.
+
+        Checks that the input can be read and that the output can be written (its folder exists, it
+        is not a folder), holds an exclusive lock on the output for the block, removes an earlier
+        run's files with ``restart``, and otherwise checks that the output's records came from the
+        same input file and topology (``OUT.run.json``), then records this run's.
+
+        Raises:
+            InputError: The input is missing, a directory or unreadable.
+            ConfigError: The output's folder does not exist, or the output is a directory; another
+                process holds the output; or the output holds the records of another input or topology.
+        """
+        for _ in iter_json(self.input, what="input"):
+            break
+        if self.output is None:
+            yield
+            return
+        output = self.output
+        if output.is_dir():
+            raise ConfigError("the output is a directory, not a file", source=str(output))
+        if not output.parent.is_dir():
+            raise ConfigError(f"the output's folder {output.parent} does not exist", source=str(output))
+        with exclusive_lock(output, what="output"):
+            if self.restart:
+                self._remove_outputs()
+            self._check_origin()
+            self._claimed = True
+            try:
+                yield
+            finally:
+                self._claimed = False
+
+    def _outputs(self) -> tuple[Path, ...]:
+        assert self.output is not None
+        out = self.output
+        journal = journal_path(out, self.format)
+        return (out, journal, summary_path(out), _errors_path(out), run_path(out))
+
+    def _remove_outputs(self) -> None:
+        removed = []
+        for path in self._outputs():
+            if path.is_file():
+                path.unlink()
+                removed.append(path.name)
+        if removed:
+            get_logger(__name__, output=str(self.output)).info("started over", removed=removed)
+
+    def _origin(self) -> dict[str, Any]:
+        topology = describe_topology(self.topology)
+        return {
+            "input": str(self.input),
+            "input_fingerprint": file_fingerprint(self.input),
+            "config": self.config_name,
+            "topology_fingerprint": fingerprint(topology),
+            "topology": topology,
+        }
+
+    def _check_origin(self) -> None:
+        assert self.output is not None
+        origin = self._origin()
+        path = run_path(self.output)
+        journal = journal_path(self.output, self.format)
+        earlier: Any = None
+        if path.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                earlier = json.loads(path.read_text(encoding="utf-8"))
+        has_records = journal.is_file() and journal.stat().st_size > 0
+        if has_records and isinstance(earlier, dict):
+            keys = ("input_fingerprint", "topology_fingerprint")
+            if any(earlier.get(key) != origin[key] for key in keys):
+                raise ConfigError(
+                    f"holds the answers of another run: it was made from {_made_from(earlier)}; this run "
+                    f"gives {_made_from(origin)}. Rerun with --restart to start over (the output and its "
+                    "side files are removed), or write to another output",
+                    source=str(self.output),
+                )
+        created = earlier.get("created") if has_records and isinstance(earlier, dict) else None
+        write_json_atomic(path, {**origin, "created": created or _iso(time.time())})
+
+    # --- running --------------------------------------------------------------------------------------
 
     def _items(self) -> Iterator[Record | BadLine]:
         for count, item in enumerate(read_records(self.input)):
@@ -253,13 +449,18 @@ class Runner:
         """Run every record and return the summary.
 
         The summary is also written next to the output (:func:`summary_path`), even when the run is
-        cancelled; then it says ``"interrupted": true``.
+        cancelled; then it says ``"interrupted": true``. The output is claimed (:meth:`claim`) for the
+        run unless the caller already holds it.
 
         Raises:
             InputError: The input cannot be read, or (with ``strict``) has bad lines; nothing ran.
+            ConfigError: The output cannot be written, is in use, or holds another run's records.
         """
-        with structlog.contextvars.bound_contextvars(run_id=self.run_id):
-            return await self._run()
+        with log_context(run_id=self.run_id):
+            if self._claimed:
+                return await self._run()
+            with self.claim():
+                return await self._run()
 
     async def _run(self) -> RunSummary:
         log = get_logger(__name__, input=str(self.input))
@@ -275,20 +476,22 @@ class Runner:
                     where=f"{self.input}:{first.line}",
                 )
         total = _count_records(self.input)
-        self.progress = Progress(total=total if self.limit is None else min(total or self.limit, self.limit))
+        self.stats = RunStats(total=total if self.limit is None else min(total or self.limit, self.limit))
+        if self.on_progress is not None:
+            self.on_progress(self.stats)  # the run starts: nothing finished yet
         self._ledger = Ledger(self.topology, self.prices)
         self._counts = {"records": 0, "bad": 0}
         started = time.time()
-        progress_file = None if self.output is None else progress_path(self.output, self.format)
-        done_ids = set() if progress_file is None else _resume(progress_file)
+        journal = None if self.output is None else journal_path(self.output, self.format)
+        done_ids = set() if journal is None else _resume(journal)
         bad_lines: list[BadLine] = []
         finished = False
         log.info("run started", output=str(self.output) if self.output else None, resumed=len(done_ids))
         send, receive = anyio.create_memory_object_stream[Record](0)
         try:
             with (
-                open(progress_file, "a", encoding="utf-8")  # noqa: ASYNC230 - appends of one line
-                if progress_file is not None
+                open(journal, "a", encoding="utf-8")  # noqa: ASYNC230 - appends of one line
+                if journal is not None
                 else open(os.dup(1), "w", encoding="utf-8")  # noqa: ASYNC230
             ) as out:
 
@@ -300,12 +503,12 @@ class Runner:
                             out.write(json.dumps(line, ensure_ascii=False) + "\n")
                             out.flush()
                             if line["status"] == "done":
-                                self.progress.done += 1
+                                self.stats.done += 1
                             else:
-                                self.progress.failed += 1
-                            self.progress.completion_tokens += completion_tokens
+                                self.stats.failed += 1
+                            self.stats.completion_tokens += completion_tokens
                             if self.on_progress is not None:
-                                self.on_progress(self.progress)
+                                self.on_progress(self.stats)
 
                 async with anyio.create_task_group() as tg:
                     for _ in range(self.concurrency):
@@ -318,15 +521,12 @@ class Runner:
                             if isinstance(item, Record) and _key(item.id) in seen:
                                 item = BadLine(item.line, f"duplicate id {item.id!r}", json.dumps(item.data))
                             if isinstance(item, BadLine):
-                                self._counts["bad"] += 1
+                                self._bad_line(item, log)
                                 bad_lines.append(item)
-                                log.warning(
-                                    "bad input line", where=f"{self.input}:{item.line}", error=item.error
-                                )
                                 continue
                             seen.add(_key(item.id))
                             if _key(item.id) in done_ids:
-                                self.progress.resumed += 1
+                                self.stats.resumed += 1
                                 continue
                             await send.send(item)
             self._write_bad(errors_path, bad_lines)
@@ -345,6 +545,15 @@ class Runner:
             )
         return summary
 
+    def _bad_line(self, item: BadLine, log: Any) -> None:
+        self._counts["bad"] += 1
+        self.stats.bad += 1
+        where = f"{self.input}:{item.line}"
+        if self.on_bad_line is not None:
+            self.on_bad_line(InputError(item.error, where=where))
+        else:
+            log.warning("bad input line", where=where, error=item.error)
+
     def summary(self, *, interrupted: bool = False, started: float | None = None) -> RunSummary:
         """What the run has done so far (also while it runs, or after it was cancelled)."""
         report = self._ledger.report()
@@ -355,12 +564,12 @@ class Runner:
             report["finished"] = _iso(time.time())
         return RunSummary(
             records=self._counts.get("records", 0),
-            done=self.progress.done,
-            resumed=self.progress.resumed,
-            failed=self.progress.failed,
+            done=self.stats.done,
+            resumed=self.stats.resumed,
+            failed=self.stats.failed,
             bad=self._counts.get("bad", 0),
             usage=self._ledger.total,
-            elapsed=time.monotonic() - self.progress.started,
+            elapsed=time.monotonic() - self.stats.started,
             output=self.output,
             errors=self._errors_file,
             run_id=self.run_id,
@@ -387,10 +596,7 @@ class Runner:
             "elapsed": round(summary.elapsed, 3),
             **{k: v for k, v in summary.report.items() if k not in ("run_id", "interrupted")},
         }
-        path = summary_path(self.output)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_json_atomic(summary_path(self.output), data)
 
     def _write_bad(self, path: Path | None, bad: list[BadLine]) -> None:
         if path is None:
@@ -398,14 +604,14 @@ class Runner:
         if not bad:
             path.unlink(missing_ok=True)
             return
-        with path.open("w", encoding="utf-8") as handle:
+        with atomic_write(path) as handle:
             for item in bad:
                 entry = {"file": str(self.input), "line": item.line, "error": item.error, "text": item.text}
                 handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
     async def _answer(self, record: Record) -> tuple[dict[str, Any], int]:
         """Answer one record; returns its output line and the tokens it generated."""
-        with structlog.contextvars.bound_contextvars(record=record.id):
+        with log_context(record=record.id):
             log = get_logger(__name__)
             start = time.monotonic()
             conversation = list(record.conversation)
@@ -443,17 +649,16 @@ class Runner:
             return line, usage.completion_tokens
 
     def _convert(self) -> None:
-        """Write the final output file in the chosen format from the progress file, atomically."""
+        """Write the final output file in the chosen format from the journal, atomically."""
         assert self.output is not None
         answers: dict[str, dict[str, Any]] = {}
-        with progress_path(self.output, self.format).open(encoding="utf-8") as handle:
+        with journal_path(self.output, self.format).open(encoding="utf-8") as handle:
             for text in handle:
                 value = json.loads(text)
                 if value.get("status") == "done":
                     answers[_key(value["id"])] = value
         order = [item for item in self._items() if isinstance(item, Record)]
-        tmp = self.output.with_name(self.output.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
+        with atomic_write(self.output) as handle:
             if self.format == "aft":
                 items = []
                 for record in order:
@@ -486,4 +691,10 @@ class Runner:
                         "tstamp": time.time(),
                     }
                     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, self.output)
+
+
+def _made_from(origin: dict[str, Any]) -> str:
+    config = origin.get("config")
+    made = f"input {origin.get('input')} (fingerprint {origin.get('input_fingerprint')}) and "
+    made += f"config {config}" if config else "a topology built in Python"
+    return made + f" (topology fingerprint {origin.get('topology_fingerprint')})"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any
 
@@ -17,9 +16,11 @@ from ._agents import Agent, Aggregator, Emit, EventCallback, emitter
 from ._errors import ConfigError, EngineError, QuorumError
 from ._logging import get_logger
 from ._results import AgentFailure, AnswerDone, Candidate, Event, LayerDone, LayerResult, Result
+from ._streams import DEFAULT_BUFFER, move_on_after, producer_stream
 from ._types import Completion, Message, Usage, as_conversation
 from ._util import unwrap_group
 from .engines._base import Engine
+from .engines._pool import EnginePool
 
 __all__ = ("Layer", "Topology")
 
@@ -50,23 +51,25 @@ class Layer:
     By default a layer waits for every agent, and one failed agent fails the run, as the AFT reference
     does. ``min_candidates`` makes it tolerate failures: it needs only that many candidates (an agent with
     ``n`` samples gives ``n`` at once), and fails with :class:`~aftlib.QuorumError` as soon as failures
-    leave too few. Without a ``deadline`` it goes on the moment the quorum is in; with one, it waits for
-    the other agents until the deadline, then goes on with what it has if that reaches the quorum. Agents
+    leave too few. Without a ``timeout`` it goes on the moment the quorum is in; with one, it waits for
+    the other agents until the timeout, then goes on with what it has if that reaches the quorum. Agents
     still running when the layer goes on are cancelled, and their requests aborted in the engines. Agents
-    that gave no candidates are listed in :attr:`LayerResult.failures`.
+    that gave no candidates are listed in :attr:`LayerResult.failures`. The timeout counts the engines'
+    time only: while the layer waits for a slow event consumer (a streaming client, an ``on_event``
+    callback), its clock stops.
 
     Args:
         agents: The agents, or a single agent. Their candidates come out in agent order, then sample index.
         min_candidates: Candidates needed to go on; None needs all of them.
-        deadline: Seconds the layer may run; None waits as long as its agents take.
+        timeout: Seconds the layer may run; None waits as long as its agents take.
 
     Raises:
-        ConfigError: No agents, duplicate names, or a quorum or deadline out of range.
+        ConfigError: No agents, duplicate names, or a quorum or timeout out of range.
     """
 
     agents: tuple[Agent, ...] = field(converter=_agents, validator=_check_agents)
     min_candidates: int | None = field(default=None, kw_only=True)
-    deadline: float | None = field(default=None, kw_only=True)
+    timeout: float | None = field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.min_candidates is not None and not 1 <= self.min_candidates <= self.expected:
@@ -75,9 +78,9 @@ class Layer:
                 f"give, got {self.min_candidates}",
                 path="min_candidates",
             )
-        if self.deadline is not None and not self.deadline > 0:
+        if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(
-                f"deadline must be a positive number of seconds, got {self.deadline}", path="deadline"
+                f"timeout must be a positive number of seconds, got {self.timeout}", path="timeout"
             )
 
     @property
@@ -93,7 +96,7 @@ class Layer:
         index: int,
         emit: Emit | None,
     ) -> LayerResult:
-        """Run every agent at once and gather their candidates, as the quorum and deadline allow.
+        """Run every agent at once and gather their candidates, as the quorum and timeout allow.
 
         Raises:
             QuorumError: Failed or late agents left fewer candidates than the layer needs.
@@ -108,7 +111,7 @@ class Layer:
         async def run_agent(slot: int, agent: Agent, group: anyio.abc.TaskGroup) -> None:
             nonlocal got, possible
             try:
-                outcome = await agent.run(conversation, references, layer=index, emit=emit)
+                outcome = await agent.run(conversation, references, layer=index, emit=timed_emit)
             except EngineError as exc:
                 errors[slot] = exc
                 possible -= agent.sampling.n
@@ -118,10 +121,17 @@ class Layer:
                 return
             outcomes[slot] = outcome
             got += len(outcome[0])
-            if got >= need and (self.deadline is None or got == self.expected):
+            if got >= need and (self.timeout is None or got == self.expected):
                 group.cancel_scope.cancel()  # the agents still running are not needed
 
-        with anyio.move_on_after(self.deadline) as deadline:
+        timed_emit: Emit | None = None
+        with move_on_after(self.timeout) as clock:
+            if emit is not None:
+
+                async def timed_emit(event: Event) -> None:
+                    with clock.paused():  # a slow consumer's time is not the engines'
+                        await emit(event)
+
             with unwrap_group():
                 async with anyio.create_task_group() as tg:
                     for slot, agent in enumerate(self.agents):
@@ -132,8 +142,8 @@ class Layer:
                 error = errors[slot]
                 failures.append(AgentFailure(index, agent.name, "error", f"{type(error).__name__}: {error}"))
             elif slot not in outcomes:
-                late = deadline.cancelled_caught
-                failures.append(AgentFailure(index, agent.name, "deadline" if late else "cancelled"))
+                late = clock.expired
+                failures.append(AgentFailure(index, agent.name, "timeout" if late else "cancelled"))
         if got < need:
             detail = "; ".join(f"{f.agent} {f.error or f.reason}" for f in failures)
             raise QuorumError(
@@ -177,7 +187,7 @@ class Topology:
 
     layers: tuple[Layer, ...] = field(converter=_layers)
     final: Agent
-    _stack: AsyncExitStack | None = field(default=None, init=False, repr=False)
+    _pool: EnginePool | None = field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.final, Agent):
@@ -221,10 +231,9 @@ class Topology:
         return total + self.final.generations(references)
 
     async def __aenter__(self) -> Topology:
-        async with AsyncExitStack() as stack:
-            for engine in self.engines:
-                await stack.enter_async_context(engine)
-            self._stack = stack.pop_all()
+        pool = EnginePool(self.engines)
+        await pool.__aenter__()
+        self._pool = pool
         return self
 
     async def __aexit__(
@@ -233,9 +242,9 @@ class Topology:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.aclose()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.__aexit__(exc_type, exc_val, exc_tb)
 
     async def run(
         self,
@@ -248,7 +257,9 @@ class Topology:
         Args:
             conversation: ``[{"role": ..., "content": ...}, ...]`` ending with a user turn, or a string
                 for a single user turn.
-            on_event: Called (and awaited, if it returns an awaitable) with every :class:`Event`, in order.
+            on_event: Called (and awaited, if it returns an awaitable) with every :class:`Event`, in order,
+                in the calling task. A slow callback slows the run down (the events wait in a bounded
+                buffer) but never counts against a layer's or an engine's timeout.
 
         Returns:
             The answer with every layer's candidates and the tokens used.
@@ -258,7 +269,18 @@ class Topology:
             EngineError: An engine failed.
         """
         messages = as_conversation(conversation)
-        return await self._run(messages, emitter(on_event))
+        emit = emitter(on_event)
+        if emit is None:  # no one watches: no events are built, engines need not stream
+            return await self._run(messages, None)
+        result: Result | None = None
+        async with self.stream(messages) as events:
+            async for event in events:
+                await emit(event)
+                if isinstance(event, AnswerDone):
+                    result = event.result
+        if result is None:
+            raise RuntimeError("the run ended without an answer")
+        return result
 
     async def _run(self, conversation: tuple[Message, ...], emit: Emit | None) -> Result:
         start = time.perf_counter()
@@ -286,27 +308,28 @@ class Topology:
             await emit(AnswerDone(result))
         return result
 
-    async def stream(self, conversation: Sequence[Mapping[str, Any]] | str) -> AsyncGenerator[Event, None]:
-        """Run the pipeline and yield its events as they happen; the last one is :class:`AnswerDone`.
+    def stream(
+        self, conversation: Sequence[Mapping[str, Any]] | str, *, buffer: int = DEFAULT_BUFFER
+    ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """Run the pipeline in a task the block owns and give its events as they happen.
 
-        To stop early, close the iterator (``async with contextlib.aclosing(topology.stream(...))``):
-        that cancels the run and aborts its requests in the engines.
+        Use it as ``async with topology.stream(conversation) as events: async for event in events: ...``;
+        the last event is :class:`AnswerDone`. Leaving the block early cancels the run and aborts its
+        requests in the engines. When the run fails, iterating raises its error (a
+        :class:`~aftlib.QuorumError`, an :class:`~aftlib.EngineError`) after the events that came before
+        it, whatever the consumer's speed.
+
+        Args:
+            conversation: As for :meth:`run`.
+            buffer: Events held for a consumer that has not taken them yet; a slower consumer makes the
+                run wait (its time does not count against timeouts).
 
         Raises:
             InputError: The conversation is malformed (raised before anything runs).
         """
         messages = as_conversation(conversation)
-        send, receive = anyio.create_memory_object_stream[Event](math.inf)
 
-        async def produce() -> None:
-            async with send:
-                await self._run(messages, send.send)
+        async def produce(send: Any) -> None:
+            await self._run(messages, send.send)
 
-        with unwrap_group():
-            async with anyio.create_task_group() as tg, receive:
-                tg.start_soon(produce)
-                try:
-                    async for event in receive:
-                        yield event
-                finally:
-                    tg.cancel_scope.cancel()
+        return producer_stream(produce, buffer=buffer)

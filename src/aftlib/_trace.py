@@ -102,14 +102,31 @@ def traced_requests(entry: Mapping[str, Any]) -> list[TracedRequest]:
         raise InputError("the trace has no 'requests' list (written by aftlib run --trace)")
     out = []
     for i, item in enumerate(raw):
+        where = f"requests[{i}]"
+        if not isinstance(item, Mapping):
+            raise InputError(f"a request is an object, got {type(item).__name__}", where=where)
+        for key in ("layer", "agent", "messages", "sampling", "lora"):
+            if key not in item:
+                raise InputError(f"malformed request: missing {key!r}", where=where)
         try:
+            messages = [_message(m, f"{where}.messages[{j}]") for j, m in enumerate(item["messages"])]
             sampling = SamplingParams(**item["sampling"])
-            messages = [Message(m["role"], m["content"]) for m in item["messages"]]
             out.append(
                 TracedRequest(
                     int(item["layer"]), str(item["agent"]), ChatRequest(messages, sampling, item["lora"])
                 )
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"malformed request: {exc!r}", where=f"requests[{i}]") from None
+        except InputError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"malformed request: {exc}", where=where) from None
     return out
+
+
+def _message(turn: Any, where: str) -> Message:
+    if not isinstance(turn, Mapping):
+        raise InputError(f"a message is an object, got {type(turn).__name__}", where=where)
+    for key in ("role", "content"):
+        if key not in turn:
+            raise InputError(f"malformed request: missing {key!r}", where=where)
+    return Message(turn["role"], turn["content"])

@@ -13,6 +13,7 @@ from ._errors import ConfigError, InputError
 __all__ = (
     "ChatRequest",
     "Completion",
+    "Cut",
     "Delta",
     "Message",
     "Role",
@@ -62,12 +63,16 @@ class Message(Mapping[str, str]):
         return f"Message(role={self.role!r}, content={self.content!r})"
 
 
-def as_conversation(conversation: Iterable[Mapping[str, Any]] | str) -> tuple[Message, ...]:
+def as_conversation(
+    conversation: Iterable[Mapping[str, Any]] | str, *, path: str = "conversation"
+) -> tuple[Message, ...]:
     """Check a conversation and turn it into messages.
 
     Args:
         conversation: A sequence of ``{"role", "content"}`` mappings (or :class:`Message`), or a single
             string that stands for one user turn.
+        path: The key path of the conversation in errors (``conversation[2].role``); a record's reader
+            passes its key (``messages``, ``query``).
 
     Returns:
         The conversation as a tuple of messages.
@@ -78,15 +83,24 @@ def as_conversation(conversation: Iterable[Mapping[str, Any]] | str) -> tuple[Me
     """
     if isinstance(conversation, str):
         conversation = [{"role": "user", "content": conversation}]
+    top = None if path == "conversation" else path
     if isinstance(conversation, Mapping) or not isinstance(conversation, Iterable):
         raise InputError(
-            f"a conversation is a list of {{'role', 'content'}} turns, got {type(conversation).__name__}"
+            f"a conversation is a list of {{'role', 'content'}} turns, got {type(conversation).__name__}",
+            where=top,
         )
     messages: list[Message] = []
     for i, turn in enumerate(conversation):
-        where = f"conversation[{i}]"
+        where = f"{path}[{i}]"
         if not isinstance(turn, Mapping):
             raise InputError(f"a turn is a mapping, got {type(turn).__name__}", where=where)
+        for key in ("role", "content"):
+            if key not in turn:
+                present = ", ".join(repr(k) for k in turn) or "no keys"
+                raise InputError(
+                    f"missing {key!r}: a turn is {{'role': ..., 'content': ...}}, this one has {present}",
+                    where=where,
+                )
         role, content = turn.get("role"), turn.get("content")
         if role not in _ROLES:
             raise InputError(
@@ -95,17 +109,18 @@ def as_conversation(conversation: Iterable[Mapping[str, Any]] | str) -> tuple[Me
             )
         if not isinstance(content, str):
             raise InputError(
-                f"content must be a string, got {type(content).__name__}", where=f"{where}.content"
+                f"content must be a string, got {'null' if content is None else type(content).__name__}",
+                where=f"{where}.content",
             )
         if role == "system" and i != 0:
             raise InputError("a system turn may only come first", where=where)
         messages.append(Message(role, content))
     if not messages or messages[-1].role == "system":
-        raise InputError("the conversation has no user turn")
+        raise InputError("the conversation has no user turn", where=top)
     if messages[-1].role != "user":
         raise InputError(
             f"the conversation must end with a user turn, it ends with {messages[-1].role!r}",
-            where=f"conversation[{len(messages) - 1}]",
+            where=f"{path}[{len(messages) - 1}]",
         )
     return tuple(messages)
 
@@ -250,3 +265,18 @@ class Delta:
 
     index: int
     text: str
+
+
+@frozen
+class Cut:
+    """A reference shortened to fit the context.
+
+    Attributes:
+        reference: Its position among the references (0-based).
+        tokens: Its length in tokens.
+        kept: The tokens kept (the marker comes after them).
+    """
+
+    reference: int
+    tokens: int
+    kept: int

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
-__all__ = ("unwrap_group",)
+__all__ = ("publish", "unwrap_group")
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
@@ -26,3 +27,29 @@ def unwrap_group() -> Iterator[None]:
         if len(leaves) == 1:
             raise leaves[0] from leaves[0].__cause__
         raise
+
+
+def publish(namespace: dict[str, Any], module: str) -> None:
+    """Report the public classes and functions of ``namespace.__all__`` as members of ``module``.
+
+    Reprs, tracebacks and docs then show ``aftlib.Topology``, not ``aftlib._topology.Topology`` (httpx does
+    the same). The annotations of attrs classes are resolved first, in their own module, so that attrs and
+    cattrs still find their types.
+    """
+    import attrs
+
+    for name in namespace["__all__"]:
+        value = namespace.get(name)
+        if not (isinstance(value, type) or callable(value)) or getattr(value, "__module__", None) is None:
+            continue
+        if not str(value.__module__).startswith("aftlib") or "._" not in str(value.__module__):
+            continue  # not ours, or already published by the package that owns it
+        if isinstance(value, type) and attrs.has(value):
+            try:
+                attrs.resolve_types(value)
+            except NameError:  # a name only known to type checkers: keep the private path
+                continue
+        try:
+            value.__module__ = module
+        except (AttributeError, TypeError):  # builtins-backed aliases
+            continue

@@ -2,15 +2,42 @@
 
 :class:`Engine` is the base class; :class:`VLLMEngine` runs a model in this process on vLLM (imported
 only when used, from the ``vllm`` or ``cpu`` extra); :class:`OpenAIEngine` talks to any OpenAI-compatible
-server (the ``openai`` extra). :class:`aftlib.testing.FakeEngine` answers from a
-function, for tests.
+server (the ``openai`` extra); :class:`FakeEngine` answers from a function, for tests (also in
+:mod:`aftlib.testing`). Wrappers change one thing about an engine and forward the rest
+(:class:`WrapperEngine`): :class:`RetryingEngine` retries, :class:`LimitedEngine` bounds the requests in
+flight, and :class:`Replicas` spreads requests over several engines of one model. :class:`EnginePool`
+starts many engines once and closes them together.
 """
 
 from __future__ import annotations
 
-from ._base import Engine, StreamItem, collect
+from .._util import publish
+from ._base import Engine, EngineStream, StreamItem, collect
+from ._fake import FakeEngine
+from ._limited import LimitedEngine
 from ._openai import OpenAIEngine
-from ._retrying import RetryingEngine
-from ._vllm import VLLMEngine
+from ._pool import EnginePool, split_gpu_memory
+from ._replicas import Replicas
+from ._retrying import TRANSIENT, RetryingEngine
+from ._vllm import VLLMEngine, check_model
+from ._wrapper import WrapperEngine
 
-__all__ = ("Engine", "OpenAIEngine", "RetryingEngine", "StreamItem", "VLLMEngine", "collect")
+__all__ = (
+    "TRANSIENT",
+    "Engine",
+    "EnginePool",
+    "EngineStream",
+    "FakeEngine",
+    "LimitedEngine",
+    "OpenAIEngine",
+    "Replicas",
+    "RetryingEngine",
+    "StreamItem",
+    "VLLMEngine",
+    "WrapperEngine",
+    "check_model",
+    "collect",
+    "split_gpu_memory",
+)
+
+publish(globals(), __name__)

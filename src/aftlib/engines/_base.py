@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 
 import anyio.abc
 from attrs import define, field
 
 from .._errors import ConfigError
+from .._streams import iterate
 from .._types import ChatRequest, Completion, Delta, Message
 
-__all__ = ("Engine", "StreamItem", "collect")
+__all__ = ("Engine", "EngineStream", "StreamItem", "collect")
 
 StreamItem = Delta | Completion
-"""What :meth:`Engine.stream` yields: text deltas, then exactly one :class:`Completion`."""
+"""What an engine stream gives: text deltas, then exactly one :class:`Completion`."""
+
+EngineStream = AbstractAsyncContextManager[AsyncIterator[StreamItem]]
+"""What :meth:`Engine.stream` returns: ``async with engine.stream(request) as items``."""
 
 
 @define(eq=False)
@@ -24,7 +28,7 @@ class Engine(anyio.abc.AsyncResource):
     """Something that answers :class:`~aftlib.ChatRequest` objects.
 
     Subclasses implement :meth:`generate`; streaming engines also override :meth:`stream`, which
-    otherwise falls back to ``generate`` and yields each sample's whole text as one delta. Engines that
+    otherwise falls back to ``generate`` and gives each sample's whole text as one delta. Engines that
     know their context window and tokenizer (:attr:`context_window`, :meth:`count_tokens`,
     :meth:`text_tokens`, :meth:`detokenize`) get their aggregation prompts fitted to it. Engines are
     async context managers: ``async with engine:`` starts it and closes it. Entering is counted, so
@@ -41,16 +45,25 @@ class Engine(anyio.abc.AsyncResource):
     async def generate(self, request: ChatRequest) -> Completion:
         """Generate ``request.sampling.n`` samples for ``request``."""
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
-        """Generate ``request`` and yield text deltas as they come, then the :class:`Completion`.
+    def stream(self, request: ChatRequest) -> EngineStream:
+        """Generate ``request``, giving text deltas as they come, then the :class:`Completion`.
 
-        Deltas of the ``n`` samples may interleave; each carries its sample index. Closing the iterator
-        early (or cancelling its consumer) aborts the request.
+        Use it as ``async with engine.stream(request) as items: async for item in items: ...``. Deltas of
+        the ``n`` samples may interleave; each carries its sample index. Leaving the block early (or
+        cancelling it) aborts the request.
         """
+        return iterate(self._whole(request))
+
+    async def _whole(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         completion = await self.generate(request)
         for sample in completion.samples:
             yield Delta(sample.index, sample.text)
         yield completion
+
+    @property
+    def supports_n(self) -> bool:
+        """True when one request can ask for ``n`` samples (else callers send ``n`` requests)."""
+        return True
 
     @property
     def context_window(self) -> int | None:
@@ -98,11 +111,11 @@ class Engine(anyio.abc.AsyncResource):
                 await self.aclose()
 
 
-async def collect(stream: AsyncGenerator[StreamItem, None]) -> Completion:
+async def collect(stream: EngineStream) -> Completion:
     """Drain an engine stream and return its completion."""
     completion: Completion | None = None
-    async with aclosing(stream):
-        async for item in stream:
+    async with stream as items:
+        async for item in items:
             if isinstance(item, Completion):
                 completion = item
     if completion is None:

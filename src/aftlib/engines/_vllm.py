@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from contextlib import aclosing, contextmanager
+from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import anyio.to_thread
 from attrs import define, field
 
-from .._errors import ConfigError, ContextLengthError, EngineError
+from .._errors import ConfigError, ContextLengthError, EngineError, MissingExtraError
+from .._io import prompt_token_ids
 from .._logging import get_logger
+from .._streams import iterate
 from .._types import ChatRequest, Completion, Delta, Message, Sample, Usage
-from ._base import Engine, StreamItem
+from ._base import Engine, EngineStream, StreamItem
 
-__all__ = ("VLLMEngine",)
-
-_INSTALL_HINT = (
-    "VLLMEngine needs vLLM: pip install 'aftlib[vllm]' on a machine with a GPU, "
-    "or 'aftlib[cpu]' for the CPU build"
-)
+__all__ = ("VLLMEngine", "check_model")
 
 
 CPU_KV_CACHE_BYTES = 1 << 30
@@ -39,8 +40,81 @@ def _import_vllm() -> Any:
         import vllm
         import vllm.v1.engine.async_llm
     except ImportError as exc:
-        raise ImportError(_INSTALL_HINT) from exc
+        raise MissingExtraError(
+            "VLLMEngine (vllm on a GPU machine, or cpu for the CPU build)", "vllm", exc.name or "vllm"
+        ) from exc
     return vllm
+
+
+def _looks_local(model: str) -> bool:
+    """A folder path rather than a hub name (``org/name`` or ``name``)."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or Path(model).expanduser().exists()
+
+
+def check_model(model: str) -> None:
+    """Fail at once, with what to do, when ``model`` cannot be loaded from this machine.
+
+    A folder must hold a ``config.json``. A hub name must be in the local Hugging Face cache, or the hub
+    must be reachable (when ``HF_HUB_OFFLINE`` is not set): vLLM would otherwise spend half a minute on
+    retries before failing with a message about repository names.
+
+    Raises:
+        ConfigError: No model at that path, or a hub model that is neither cached nor reachable.
+    """
+    if _looks_local(model):
+        folder = Path(model).expanduser()
+        if not (folder / "config.json").is_file():
+            why = "no config.json" if folder.is_dir() else "no such folder"
+            raise ConfigError(f"no model at {model} ({why})", path="model")
+        return
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:  # vLLM brings it; without it vLLM reports the problem itself
+        return
+    if isinstance(huggingface_hub.try_to_load_from_cache(model, "config.json"), str):
+        return
+    cache = huggingface_hub.constants.HF_HUB_CACHE
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise ConfigError(
+            f"model {model} is not on this machine: it is neither a folder nor in the Hugging Face cache "
+            f"({cache}), and HF_HUB_OFFLINE is set",
+            path="model",
+        )
+    try:
+        huggingface_hub.model_info(model, timeout=10)
+    except HfHubHTTPError:
+        return  # the hub answered: vLLM downloads it, or says why not (a gated or private model)
+    except Exception as exc:
+        raise ConfigError(
+            f"model {model} is not on this machine (not a folder, not in the Hugging Face cache at {cache}) "
+            f"and the hub cannot be reached ({type(exc).__name__}: {exc}); download it first or give the "
+            "path of a model folder",
+            path="model",
+        ) from None
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread, so the engine processes vLLM spawns from it inherit a blocked SIGINT.
+
+    Ctrl-C reaches every process of the terminal's process group. vLLM's engine processes would die on it
+    with tracebacks and leaked shared memory; with SIGINT blocked they keep running until aftlib, which
+    handles the signal, shuts them down cleanly.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _build_llm(vllm: Any, args: Any) -> Any:
+    with _sigint_blocked():
+        return vllm.v1.engine.async_llm.AsyncLLM.from_engine_args(args)
 
 
 @define(eq=False, init=False)
@@ -118,7 +192,12 @@ class VLLMEngine(Engine):
         return self._tokenizer
 
     async def start(self) -> None:
-        """Load the model into a new ``AsyncLLM``; runs in a worker thread so the event loop stays free."""
+        """Load the model into a new ``AsyncLLM``; runs in a worker thread so the event loop stays free.
+
+        The model is checked first (:func:`check_model`). A cancellation while the engine starts (Ctrl-C)
+        takes effect once it is up, and then shuts it down: no engine process is left behind.
+        """
+        check_model(self.model)
         vllm = _import_vllm()
         engine_args = dict(self.engine_args)
         if _cpu_needs_kv_cache_size(vllm, engine_args):
@@ -130,15 +209,21 @@ class VLLMEngine(Engine):
         log = get_logger(__name__, engine=self.name)
         log.info("starting vLLM engine", model=self.model)
         try:
-            llm = await anyio.to_thread.run_sync(vllm.v1.engine.async_llm.AsyncLLM.from_engine_args, args)
+            with anyio.CancelScope(shield=True):  # the engine's processes must not be lost half-started
+                llm = await anyio.to_thread.run_sync(_build_llm, vllm, args)
         except (OSError, ValueError) as exc:
             raise EngineError(f"engine {self.name!r} failed to load {self.model!r}: {exc}") from exc
         self._llm = llm
-        self._tokenizer = llm.get_tokenizer()
-        self._max_model_len = int(llm.model_config.max_model_len)
-        if getattr(self._tokenizer, "chat_template", None) is None:
-            await self.aclose()
-            raise ConfigError(f"model {self.model!r} has no chat template in its tokenizer")
+        try:
+            await anyio.lowlevel.checkpoint()  # a cancellation that came while starting lands here
+            self._tokenizer = llm.get_tokenizer()
+            self._max_model_len = int(llm.model_config.max_model_len)
+            if getattr(self._tokenizer, "chat_template", None) is None:
+                raise ConfigError(f"model {self.model!r} has no chat template in its tokenizer")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
         log.info("vLLM engine ready", max_model_len=self._max_model_len)
 
     async def aclose(self) -> None:
@@ -165,10 +250,7 @@ class VLLMEngine(Engine):
         key = tuple(messages)
         if self._last_render is not None and self._last_render[0] == key:
             return list(self._last_render[1])
-        text = self.tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tokenize=False, add_generation_prompt=True
-        )
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        ids = prompt_token_ids(self.tokenizer, messages)
         self._last_render = (key, ids)
         return list(ids)
 
@@ -249,8 +331,11 @@ class VLLMEngine(Engine):
         completion_tokens = sum(s.completion_tokens for s in samples)
         return Completion(samples, Usage(len(prompt_ids), completion_tokens, final.num_cached_tokens or 0, 1))
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
-        """Generate and yield text deltas as vLLM produces them, then the completion."""
+    def stream(self, request: ChatRequest) -> EngineStream:
+        """Give text deltas as vLLM produces them, then the completion; leaving early aborts the request."""
+        return iterate(self._stream(request))
+
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         llm = self.llm
         prompt_ids = self.prompt_token_ids(request)
         params = self._sampling_params(request, len(prompt_ids), streaming=True)

@@ -4,7 +4,7 @@ Off-policy proposals are ``k`` of a preference record's own responses; on-policy
 drafts of the model to be trained, sampled with an in-context-learning prompt. The target is the
 best-rated response of the record, or the answer of a stronger aggregator (the final agent of a
 topology) over the proposals. Records are processed concurrently and come out in input order; work
-that needs an engine can be kept in a progress file so that a rerun resumes where a crash stopped.
+that needs an engine can be kept in a draft cache so that a rerun resumes where a crash stopped.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ from attrs import define, evolve
 
 from .._agents import Aggregator
 from .._errors import ConfigError
+from .._io import fingerprint
 from .._logging import get_logger
 from .._templates import PromptTemplate, as_template
 from .._topology import Topology
 from .._types import ChatRequest, SamplingParams
 from .._util import unwrap_group
 from ..engines._base import Engine
+from ._drafts import DraftCache
 from ._examples import Example, Skip, examples_for, rng_seed, wants_direct
 from ._preference import PreferenceRecord
-from ._progress import ProgressStore, fingerprint
 
 __all__ = ("ICL_TEMPLATE", "build_off_policy", "build_on_policy", "choose_proposals")
 
@@ -78,17 +79,17 @@ async def _ordered(
                 tg.cancel_scope.cancel()
 
 
-def _store_key(record: PreferenceRecord) -> str:
+def _cache_key(record: PreferenceRecord) -> str:
     source = record.source
     return source.key if source.id is not None else f"{source.file} {source.key}"
 
 
 def _unique(records: Iterable[PreferenceRecord | Skip]) -> Iterator[PreferenceRecord | Skip]:
-    """Records with an id seen before become skips: their proposals and progress would collide."""
+    """Records with an id seen before become skips: their proposals and cached work would collide."""
     seen: dict[str, int] = {}
     for record in records:
         if isinstance(record, PreferenceRecord):
-            key = _store_key(record)
+            key = _cache_key(record)
             if key in seen:
                 detail = f"id {record.source.id!r} was already used on line {seen[key]}"
                 record = Skip("duplicate id", detail, record.source)
@@ -177,7 +178,7 @@ class _Builder:
     template: PromptTemplate
     direct_ratio: float
     target: Topology | None
-    store: ProgressStore | None
+    cache: DraftCache | None
     engine: Engine | None = None
     drafting: SamplingParams | None = None
     icl: PromptTemplate | None = None
@@ -200,17 +201,17 @@ class _Builder:
         )
 
     def _stored(self, record: PreferenceRecord, part: str, settings: str) -> Any | None:
-        if self.store is None:
+        if self.cache is None:
             return None
-        value = self.store.get(_store_key(record), part, settings)
+        value = self.cache.get(_cache_key(record), part, settings)
         if value is not None:
             self.reused += 1
         return value
 
     def _keep(self, record: PreferenceRecord, part: str, settings: str, value: Any) -> None:
         self.generated += 1
-        if self.store is not None:
-            self.store.put(_store_key(record), part, settings, value)
+        if self.cache is not None:
+            self.cache.put(_cache_key(record), part, settings, value)
 
     async def target_text(self, record: PreferenceRecord, proposals: Sequence[str]) -> str | Skip:
         """The target: the best-rated response, or the target aggregator's answer over ``proposals``."""
@@ -312,15 +313,15 @@ async def _run(
             engines += [e for e in builder.target.engines if e is not builder.engine]
         for engine in engines:
             await stack.enter_async_context(engine)
-        if builder.store is not None:
-            builder.store.open()
-            stack.callback(builder.store.close)
-            log.info("progress file", path=str(builder.store.path), entries=len(builder.store))
+        if builder.cache is not None:
+            builder.cache.open()
+            stack.callback(builder.cache.close)
+            log.info("draft cache", path=str(builder.cache.path), entries=len(builder.cache))
         async with aclosing(_ordered(_unique(records), work, concurrency)) as results:
             async for items in results:
                 for item in items:
                     yield item
-        if builder.store is not None:
+        if builder.cache is not None:
             log.info("generation done", generated=builder.generated, reused=builder.reused)
 
 
@@ -333,7 +334,7 @@ async def build_off_policy(
     direct_ratio: float = 0.0,
     template: str | PromptTemplate = "aft_aggregate",
     concurrency: int = 64,
-    progress: str | os.PathLike[str] | None = None,
+    cache: str | os.PathLike[str] | None = None,
 ) -> AsyncGenerator[Example | Skip, None]:
     """Aggregation examples from preference records: k of each record's responses as the proposals.
 
@@ -353,7 +354,8 @@ async def build_off_policy(
             also gets a direct example with the same target.
         template: The aggregation template of the examples (the one the model will be served with).
         concurrency: Records in flight at once (when a target engine works).
-        progress: A file that keeps the targets as they are generated, so a rerun reuses them.
+        cache: A draft cache file (:class:`DraftCache`) that keeps the targets as they are generated,
+            so a rerun reuses them (``aftlib data`` uses ``OUT.drafts.jsonl``).
 
     Yields:
         Each record's examples (its aggregation example, then its direct example if chosen), or a
@@ -364,8 +366,8 @@ async def build_off_policy(
     """
     _check(k, direct_ratio, concurrency)
     _check_target(target)
-    store = None if progress is None else ProgressStore(progress)
-    builder = _Builder(k, seed, as_template(template), direct_ratio, target, store)
+    drafts = None if cache is None else DraftCache(cache)
+    builder = _Builder(k, seed, as_template(template), direct_ratio, target, drafts)
     async with aclosing(_run(builder, records, builder.off_policy, concurrency)) as items:
         async for item in items:
             yield item
@@ -374,7 +376,7 @@ async def build_off_policy(
 def drafting_settings(
     engine: Engine, sampling: SamplingParams, icl: PromptTemplate, lora: str | None, k: int, seed: int
 ) -> dict[str, Any]:
-    """What makes the on-policy drafts, for the progress file and the data card."""
+    """What makes the on-policy drafts, for the draft cache and the data card."""
     return {
         "engine": engine.name,
         "model": getattr(engine, "model", None),
@@ -402,7 +404,7 @@ async def build_on_policy(
     direct_ratio: float = 0.0,
     template: str | PromptTemplate = "aft_aggregate",
     concurrency: int = 64,
-    progress: str | os.PathLike[str] | None = None,
+    cache: str | os.PathLike[str] | None = None,
 ) -> AsyncGenerator[Example | Skip, None]:
     """Aggregation examples whose proposals are drafts of ``engine`` (the model to be trained).
 
@@ -425,8 +427,9 @@ async def build_on_policy(
         direct_ratio: Direct examples per aggregation example, in [0, 1].
         template: The aggregation template of the examples.
         concurrency: Records in flight at once.
-        progress: A file that keeps the drafts (and targets) as they are generated: a rerun with the
-            same settings reuses them and generates only what is missing.
+        cache: A draft cache file (:class:`DraftCache`) that keeps the drafts (and targets) as they
+            are generated: a rerun with the same settings reuses them and generates only what is
+            missing (``aftlib data`` uses ``OUT.drafts.jsonl``).
 
     Yields:
         Each record's examples, or a :class:`~aftlib.finetune.Skip` saying why it has none, in input
@@ -443,14 +446,14 @@ async def build_on_policy(
         engine.check_adapter(lora)
     drafting = sampling or SamplingParams(temperature=0.7, top_p=0.95, max_tokens=1024)
     icl = as_template(icl_template)
-    store = None if progress is None else ProgressStore(progress)
+    drafts = None if cache is None else DraftCache(cache)
     builder = _Builder(
         k,
         seed,
         as_template(template),
         direct_ratio,
         target,
-        store,
+        drafts,
         engine=engine,
         drafting=drafting,
         icl=icl,

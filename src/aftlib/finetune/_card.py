@@ -2,10 +2,11 @@
 
 The dataset is one JSON object per line, ``{"messages": [{"role", "content"}, ...], "kind", "source":
 {"file", "line", "id"}}``, with the same types on every line, which ``datasets.load_dataset("json",
-data_files=...)`` and TRL's SFT trainer read as a conversational dataset. It is written to a temporary
-file and moved into place when complete. Every skipped record goes to ``OUT.skipped.jsonl`` and the
-data card ``OUT.card.json`` counts everything: examples by kind, records read, used and skipped by
-reason (with a few of them), prompt and target lengths, and the settings that made the data.
+data_files=...)`` and TRL's SFT trainer read as a conversational dataset. It is written beside its
+place and moved there when complete, so an earlier dataset is never half overwritten. Every skipped
+record goes to ``OUT.skipped.jsonl`` and the data card ``OUT.card.json`` counts everything: examples
+by kind, records read, used and skipped by reason (with a few of them), prompt and target lengths, and
+the settings that made the data.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import math
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack, aclosing
+from contextlib import AsyncExitStack, ExitStack, aclosing
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from attrs import define, field, frozen
 
 from .._errors import ConfigError
+from .._io import atomic_write, prompt_token_ids, side_path, write_json_atomic
 from .._types import Message
 from ._examples import Example, Skip
 
@@ -39,14 +41,12 @@ _EXAMPLES_PER_REASON = 3
 
 def card_path(output: str | os.PathLike[str]) -> Path:
     """Where the data card of ``output`` goes: ``OUT.card.json``."""
-    path = Path(output)
-    return path.with_name(path.name + ".card.json")
+    return side_path(output, ".card.json")
 
 
 def skipped_path(output: str | os.PathLike[str]) -> Path:
     """Where the skipped records of ``output`` go: ``OUT.skipped.jsonl``."""
-    path = Path(output)
-    return path.with_name(path.name + ".skipped.jsonl")
+    return side_path(output, ".skipped.jsonl")
 
 
 def load_tokenizer(name: str | os.PathLike[str]) -> Any:
@@ -174,13 +174,8 @@ class _Measure:
         if self.tokenizer is None:
             return sum(len(m.content.split()) for m in messages)
         if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(
-                [{"role": m.role, "content": m.content} for m in messages],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
-        else:
-            text = "\n\n".join(m.content for m in messages)
+            return len(prompt_token_ids(self.tokenizer, messages))  # the very tokens an engine sends
+        text = "\n\n".join(m.content for m in messages)
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def target(self, text: str) -> int:
@@ -209,6 +204,7 @@ class DatasetWriter:
     tokenizer: Any = None
     card: DataCard | None = field(default=None, init=False)
     _measure: _Measure = field(factory=_Measure, init=False)
+    _files: ExitStack | None = field(default=None, init=False, repr=False)
     _out: Any = field(default=None, init=False, repr=False)
     _skipped_out: Any = field(default=None, init=False, repr=False)
     _examples: dict[str, int] = field(factory=dict, init=False)
@@ -225,13 +221,12 @@ class DatasetWriter:
             tokenizer = load_tokenizer(tokenizer)
         self._measure = _Measure(tokenizer)
 
-    def _tmp(self, path: Path) -> Path:
-        return path.with_name(path.name + ".tmp")
-
     def __enter__(self) -> DatasetWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._out = self._tmp(self.path).open("w", encoding="utf-8")
-        self._skipped_out = self._tmp(skipped_path(self.path)).open("w", encoding="utf-8")
+        with ExitStack() as files:
+            self._out = files.enter_context(atomic_write(self.path))
+            self._skipped_out = files.enter_context(atomic_write(skipped_path(self.path)))
+            self._files = files.pop_all()
         return self
 
     def _seen(self, file: str, line: int) -> tuple[str, int]:
@@ -265,19 +260,15 @@ class DatasetWriter:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        outputs = [(self._out, self.path), (self._skipped_out, skipped_path(self.path))]
-        for handle, _ in outputs:
-            handle.close()
+        files, self._files = self._files, None
         self._out = self._skipped_out = None
+        assert files is not None, "the DatasetWriter was not entered"
+        # On an error, both files are removed unwritten and an earlier dataset stays as it was; else
+        # the skipped records, then the dataset, are moved into place.
+        files.__exit__(exc_type, exc_val, exc_tb)
         if exc_type is not None:
-            for _, path in outputs:
-                self._tmp(path).unlink(missing_ok=True)
             return
-        os.replace(self._tmp(self.path), self.path)
-        if self._skipped:
-            os.replace(self._tmp(skipped_path(self.path)), skipped_path(self.path))
-        else:
-            self._tmp(skipped_path(self.path)).unlink(missing_ok=True)
+        if not self._skipped:
             skipped_path(self.path).unlink(missing_ok=True)
         from .. import __version__
 
@@ -296,10 +287,7 @@ class DatasetWriter:
             length_unit=self._measure.unit,
             sources={"inputs": self._inputs, "aftlib": __version__, **self.sources},
         )
-        card = card_path(self.path)
-        tmp = self._tmp(card)
-        tmp.write_text(json.dumps(self.card.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, card)
+        write_json_atomic(card_path(self.path), self.card.to_json())
 
 
 async def write_dataset(

@@ -17,7 +17,6 @@ the line, and the reading goes on.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -26,7 +25,8 @@ from typing import Any, Literal
 from attrs import field, frozen
 
 from .._errors import InputError
-from .._records import _json_array, parse_record
+from .._io import iter_json
+from .._records import parse_input_record
 from .._types import Message, as_conversation
 from ._examples import Skip, Source
 
@@ -148,12 +148,7 @@ def _chat_answer(value: Any, key: str, prompt: Any) -> tuple[tuple[Message, ...]
     answer = last.get("content") if isinstance(last, Mapping) and last.get("role") == "assistant" else None
     if not isinstance(answer, str):
         raise InputError(f"'{key}' must end with an assistant message")
-    try:
-        conversation = as_conversation(value[:-1])
-    except InputError as exc:
-        where = f"{key}{exc.where.removeprefix('conversation')}" if exc.where else key
-        raise InputError(exc.message, where=where) from None
-    return conversation, answer
+    return as_conversation(value[:-1], path=key), answer
 
 
 def _binarized(data: Mapping[str, Any], source: Source) -> PreferenceRecord:
@@ -189,7 +184,7 @@ def parse_preference(
     if "chosen" in data and "rejected" in data:
         return _binarized(data, source)
     if prompts:
-        record = parse_record(dict(data), line=source.line)
+        record = parse_input_record(dict(data), line=source.line)
         if record.followups:
             raise InputError("multi-turn 'turns' records are not supported here; give one conversation")
         return PreferenceRecord(source, "prompt", record.conversation, ())
@@ -198,43 +193,6 @@ def parse_preference(
         "unrecognised layout: expected 'completions' (UltraFeedback) or 'chosen' and 'rejected' "
         f"(binarized); it has {keys}"
     )
-
-
-def json_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str, Any]]:
-    """Yield ``(line, text, value)`` for each record of a JSONL file or a JSON array.
-
-    A line that is not valid JSON yields a :class:`json.JSONDecodeError` as its value. Blank lines are
-    skipped.
-
-    Raises:
-        InputError: The file cannot be read, or a JSON array in it is broken.
-    """
-    try:
-        handle = open(path, encoding="utf-8")  # noqa: SIM115 - closed by the generator's with
-    except OSError as exc:
-        raise InputError(f"cannot read the input: {exc.strerror or exc}", where=str(path)) from None
-    with handle:
-        first = ""
-        while not first:
-            chunk = handle.read(1)
-            if not chunk:
-                return
-            first = chunk.strip()
-        handle.seek(0)
-        if first == "[":
-            try:
-                yield from _json_array(handle.read())
-            except InputError as exc:
-                raise InputError(exc.message, where=f"{path}: {exc.where}") from None
-            return
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                value: Any = json.loads(text)
-            except json.JSONDecodeError as exc:
-                value = exc
-            yield number, text.rstrip("\n"), value
 
 
 def read_preferences(
@@ -258,10 +216,11 @@ def read_preferences(
         InputError: The file cannot be read.
     """
     file = str(path)
-    for line, _, value in json_lines(path):
+    for item in iter_json(path, what="input"):
+        line, value = item.line, item.value
         source = Source(file, line)
-        if isinstance(value, json.JSONDecodeError):
-            yield Skip("invalid JSON", f"not valid JSON: {value.msg} (column {value.colno})", source)
+        if item.error is not None:
+            yield Skip("invalid JSON", item.error, source)
             continue
         try:
             yield parse_preference(value, source=source, score_key=score_key, prompts=prompts)

@@ -9,17 +9,16 @@ record's own fields exactly as the run built it, a later turn following the earl
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .._errors import ConfigError, InputError
-from .._records import parse_record
+from .._io import iter_json
+from .._records import parse_input_record
 from .._templates import PromptTemplate, as_template
 from .._types import Message
 from ._examples import Example, Skip, Source, examples_for, wants_direct
-from ._preference import json_lines
 
 __all__ = ("examples_from_trace",)
 
@@ -75,7 +74,7 @@ def _record_examples(
         yield Skip("no trace", detail, source)
         return
     try:
-        record = parse_record(dict(value), line=source.line)
+        record = parse_input_record(dict(value), line=source.line)
     except InputError as exc:
         yield Skip("malformed record", str(exc), source)
         return
@@ -133,7 +132,7 @@ def examples_from_trace(
 
     Args:
         path: The JSONL output of a traced run (for ``--format`` other than ``jsonl``, the
-            ``.progress.jsonl`` file beside the output).
+            ``OUT.journal.jsonl`` file beside the output).
         seed: Fixes which records also get a direct example.
         direct_ratio: Direct examples per aggregation example, in [0, 1].
         template: The aggregation template of the examples.
@@ -151,9 +150,11 @@ def examples_from_trace(
         raise ConfigError(f"direct_ratio must be in [0, 1], got {direct_ratio}", path="direct_ratio")
     aggregate = as_template(template)
     file = str(path)
-    for line, _, value in json_lines(path):
-        source = Source(file, line)
-        if isinstance(value, json.JSONDecodeError):
-            yield Skip("invalid JSON", f"not valid JSON: {value.msg} (column {value.colno})", source)
+    for item in iter_json(path, what="traced output"):
+        source = Source(file, item.line)
+        if item.error is not None:
+            yield Skip("invalid JSON", item.error, source)
             continue
-        yield from _record_examples(value, source, seed=seed, direct_ratio=direct_ratio, template=aggregate)
+        yield from _record_examples(
+            item.value, source, seed=seed, direct_ratio=direct_ratio, template=aggregate
+        )

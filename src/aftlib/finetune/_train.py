@@ -17,8 +17,6 @@ import difflib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,7 +27,9 @@ import attrs
 from attrs import define, field, frozen
 
 from .._errors import AftError, ConfigError, InputError
+from .._io import iter_json, read_yaml, render_prompt, staged_dir
 from .._logging import get_logger
+from ..config._converter import config_class, structure
 
 __all__ = ("LoraSettings", "LossPoint", "TrainConfig", "TrainResult", "train")
 
@@ -165,7 +165,19 @@ def _as_dict(value: Any) -> Any:
 
 # --- configuration ----------------------------------------------------------------------------------
 
+# The names TRL, transformers and peft give some settings, for a better hint on an unknown key.
+_ALIASES = {
+    **_OWN_ARGUMENTS,
+    "model_name": "model",
+    "model_name_or_path": "model",
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+}
 
+
+@config_class("the LoRA settings", aliases=_ALIASES, typed=False)
 @frozen
 class LoraSettings:
     """LoRA through peft: train low-rank adapters instead of every weight.
@@ -191,11 +203,7 @@ def _lora_settings(value: Any) -> Any:
     """A mapping of LoRA settings (as in YAML) becomes :class:`LoraSettings`, its keys checked."""
     if not isinstance(value, Mapping):
         return value
-    _check_keys(value, LoraSettings, prefix="lora.", source=None)
-    try:
-        return LoraSettings(**value)
-    except ConfigError as exc:
-        raise ConfigError(exc.message, path=f"lora.{exc.path}") from None
+    return structure(value, LoraSettings, path="lora")
 
 
 def _lora_type(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -207,6 +215,7 @@ def _lora_type(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> No
         )
 
 
+@config_class("a training config", aliases=_ALIASES, typed=False)
 @frozen
 class TrainConfig:
     """What :func:`train` trains, on what, and where it writes the checkpoint.
@@ -275,12 +284,7 @@ class TrainConfig:
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"a training config is a mapping of keys, got {_kind(data)}", source=source)
-        settings = dict(data)
-        _check_keys(settings, cls, prefix="", source=source)
-        try:
-            return cls(**settings)
-        except ConfigError as exc:
-            raise ConfigError(exc.message, path=exc.path, source=source) from None
+        return structure(data, cls, source=source)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TrainConfig:
@@ -289,39 +293,7 @@ class TrainConfig:
         Raises:
             ConfigError: The file is missing, unreadable or not YAML, or a key is unknown or wrong.
         """
-        from ..config import read_yaml
-
         return cls.from_mapping(read_yaml(path), source=os.fspath(path))
-
-
-# The names TRL, transformers and peft give some settings, for a better hint on an unknown key.
-_ALIASES = {
-    **_OWN_ARGUMENTS,
-    "model_name": "model",
-    "model_name_or_path": "model",
-    "rank": "r",
-    "lora_r": "r",
-    "lora_alpha": "alpha",
-    "lora_dropout": "dropout",
-}
-
-
-def _check_keys(data: Mapping[Any, Any], kind: type[Any], *, prefix: str, source: str | None) -> None:
-    fields = attrs.fields(kind)
-    known = [f.name for f in fields]
-    for key in data:
-        if key not in known:
-            alias = _ALIASES.get(str(key))
-            close = [alias] if alias in known else difflib.get_close_matches(str(key), known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(
-                f"unknown key {key!r}; {hint}known keys: {', '.join(known)}",
-                path=f"{prefix}{key}",
-                source=source,
-            )
-    for f in fields:
-        if f.default is attrs.NOTHING and f.name not in data:
-            raise ConfigError(f"missing required key {f.name!r}", path=f"{prefix}{f.name}", source=source)
 
 
 # --- results ----------------------------------------------------------------------------------------
@@ -393,35 +365,29 @@ class TrainResult:
 
 
 @frozen
-class _Record:
+class TrainingRecord:
+    """One checked training record: its chat (the answer last) and where it was read."""
+
     where: str
     messages: tuple[dict[str, str], ...]
     kind: str
 
 
-def _read_records(paths: Sequence[str]) -> list[_Record]:
+def _read_records(paths: Sequence[str]) -> list[TrainingRecord]:
     """Read and check every record; a malformed one is an :class:`InputError` naming its line."""
-    records: list[_Record] = []
+    records: list[TrainingRecord] = []
     for path in paths:
-        try:
-            lines = Path(path).read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise InputError("no such training data file", where=path) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read the training data: {exc}", where=path) from None
-        for number, line in enumerate(lines, start=1):
-            if line.strip():
-                records.append(_parse_record(line, f"{path}:{number}"))
+        for item in iter_json(path, what="training data"):
+            where = f"{path}:{item.line}"
+            if item.error is not None:
+                raise InputError(item.error, where=where)
+            records.append(_training_record(item.value, where))
     if not records:
         raise InputError("no training records", where=", ".join(paths))
     return records
 
 
-def _parse_record(line: str, where: str) -> _Record:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc.msg} (column {exc.colno})", where=where) from None
+def _training_record(record: Any, where: str) -> TrainingRecord:
     if not isinstance(record, dict):
         raise InputError(f"a training record is a JSON object, got {_kind(record)}", where=where)
     messages = record.get("messages")
@@ -432,7 +398,10 @@ def _parse_record(line: str, where: str) -> _Record:
         at = f"{where}: messages[{i}]"
         if not isinstance(message, dict) or set(message) - {"role", "content"}:
             raise InputError("a turn is an object with 'role' and 'content'", where=at)
-        role, content = message.get("role"), message.get("content")
+        for key in ("role", "content"):
+            if key not in message:
+                raise InputError(f"missing {key!r}: a turn is an object with 'role' and 'content'", where=at)
+        role, content = message["role"], message["content"]
         if role not in _ROLES:
             raise InputError(f"unknown role {role!r}; expected system, user or assistant", where=at)
         if not isinstance(content, str):
@@ -443,7 +412,7 @@ def _parse_record(line: str, where: str) -> _Record:
     if not any(t["role"] == "user" for t in turns[:-1]):
         raise InputError("a training record needs a user turn before the answer", where=where)
     kind = record.get("kind", "unknown")
-    return _Record(where=where, messages=tuple(turns), kind=str(kind))
+    return TrainingRecord(where=where, messages=tuple(turns), kind=str(kind))
 
 
 def _encode(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tuple[list[int], list[int]]:
@@ -454,10 +423,8 @@ def _encode(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tuple[list
     The answer is the rest of the rendering of the whole conversation (its end-of-turn token
     included, so the model learns to stop), tokenized on its own, as the model would generate it.
     """
-    prompt = tokenizer.apply_chat_template(
-        [dict(m) for m in messages[:-1]], tokenize=False, add_generation_prompt=True
-    )
-    whole = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False)
+    prompt = render_prompt(tokenizer, messages[:-1])
+    whole = render_prompt(tokenizer, messages, generation_prompt=False)
     if not whole.startswith(prompt):
         raise ConfigError(
             "the model's chat template renders a conversation's prompt differently when the answer follows, "
@@ -603,7 +570,7 @@ class _Prepared:
 
     trainer: Any
     tokenizer: Any
-    used: list[_Record]
+    used: list[TrainingRecord]
     skipped: list[str]
     losses: list[LossPoint]
 
@@ -622,7 +589,7 @@ def _build_trainer(
     datasets = _import("datasets")
     peft_config = _peft_config(config.lora) if config.lora is not None else None
     tokenizer = _load_tokenizer(config.model)
-    used: list[_Record] = []
+    used: list[TrainingRecord] = []
     skipped: list[str] = []
     rows: list[dict[str, list[int]]] = []
     for record in _read_records(config.data):
@@ -741,10 +708,7 @@ def _train(
     log = get_logger(__name__, model=config.model, output_dir=config.output_dir)
     target = Path(config.output_dir).expanduser().resolve()
     _check_output_dir(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        staging.chmod(0o755)
+    with staged_dir(target, replace=True) as staging:
         with _quiet_progress_bars():
             prepared = _build_trainer(config, staging, on_log=on_log, source=source)
             used, skipped = prepared.used, prepared.skipped
@@ -770,12 +734,6 @@ def _train(
             "config": attrs.asdict(config),
         }
         (staging / MARKER).write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     elapsed = time.perf_counter() - started
     result = TrainResult(
         output_dir=target,

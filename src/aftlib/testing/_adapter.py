@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
-import tempfile
+
+from .._io import staged_dir
 
 __all__ = ("build_tiny_adapter",)
 
@@ -42,23 +42,15 @@ def build_tiny_adapter(
         import transformers
     except ImportError as exc:
         raise ImportError(_HINT) from exc
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            base = transformers.AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)
-            config = peft.LoraConfig(
-                r=rank,
-                lora_alpha=2 * rank,
-                target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                init_lora_weights=False,  # random A and B: the adapter changes the output
-                task_type="CAUSAL_LM",
-            )
-            peft.get_peft_model(base, config).save_pretrained(str(staging))
-        staging.chmod(0o755)
-        os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    with staged_dir(target) as staging, torch.random.fork_rng():
+        torch.manual_seed(seed)
+        base = transformers.AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)
+        config = peft.LoraConfig(
+            r=rank,
+            lora_alpha=2 * rank,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            init_lora_weights=False,  # random A and B: the adapter changes the output
+            task_type="CAUSAL_LM",
+        )
+        peft.get_peft_model(base, config).save_pretrained(str(staging))
     return target

@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 from attrs import define, field
 
 from .._errors import ConfigError
-from ._fake import draw
+from ..engines._fake import draw
 
 __all__ = ("ChaosFault", "ChaosScript", "ChaosServer", "chaos_server")
 

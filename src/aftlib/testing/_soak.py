@@ -12,11 +12,11 @@ import anyio
 from attrs import frozen
 
 from .._agents import Aggregator, Proposer
-from .._runner import Progress, Runner
+from .._runner import Runner, RunStats
 from .._topology import Layer, Topology
 from .._types import SamplingParams
 from ..engines._retrying import RetryingEngine
-from ._fake import FakeEngine, FaultPlan
+from ..engines._fake import FakeEngine, FaultPlan
 
 __all__ = ("SoakReport", "soak")
 
@@ -91,7 +91,7 @@ async def soak(
     requests = 0
     marks: list[int] = []
 
-    def on_progress(progress: Progress) -> None:
+    def on_progress(progress: RunStats) -> None:
         nonlocal requests
         for engine in engines:  # the fake keeps every request; a real engine keeps none
             requests += len(engine.requests)

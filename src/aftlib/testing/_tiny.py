@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
+
+from .._io import staged_dir
 
 __all__ = ("TINY_MODEL_TAG", "build_tiny_model", "tiny_model_path")
 
@@ -246,27 +246,20 @@ def build_tiny_model(
         raise FileExistsError(f"{target} exists but does not hold a complete tiny model")
     _require_heavy_modules()
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        staging.chmod(0o755)  # mkdtemp makes it private; a cache is read by others too
-        _write_model(
-            staging,
-            seed=seed,
-            vocab_size=vocab_size,
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            max_position_embeddings=max_position_embeddings,
-        )
-        try:
-            os.replace(staging, target)
-        except OSError:
-            # Another process may have finished first; its model is as good as ours.
-            if not _is_complete(target):
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        with staged_dir(target) as staging:
+            _write_model(
+                staging,
+                seed=seed,
+                vocab_size=vocab_size,
+                hidden_size=hidden_size,
+                num_layers=num_layers,
+                max_position_embeddings=max_position_embeddings,
+            )
+    except FileExistsError:
+        # Another process may have finished first; its model is as good as ours.
+        if not _is_complete(target):
+            raise
     return target
 
 

@@ -14,7 +14,8 @@ from attrs import define, field, frozen
 
 from .._errors import AftError, ConfigError, EngineError, RateLimitError, ServerError
 from .._types import ChatRequest, Completion, Delta, Message, Sample, Usage
-from ..engines._base import Engine, StreamItem
+from .._streams import iterate
+from ._base import Engine, EngineStream, StreamItem
 
 __all__ = ("FakeEngine", "Fault", "FaultPlan", "Handler")
 
@@ -133,7 +134,7 @@ class FakeEngine(Engine):
     - ``"server_error"``: a :class:`~aftlib.ServerError`.
     - ``"hang"``: the request never answers; it waits until it is cancelled (a timeout, a deadline, a
       cancelled task group).
-    - ``"mid_stream"``: :meth:`stream` yields about half of the first sample's words, then raises
+    - ``"mid_stream"``: :meth:`stream` gives about half of the first sample's words, then raises
       :class:`~aftlib.ServerError` ("connection dropped mid-stream"); :meth:`generate` raises the
       ``ServerError`` without text.
 
@@ -207,8 +208,11 @@ class FakeEngine(Engine):
         finally:
             self.in_flight -= 1
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
-        """Answer ``request``, yielding its samples' words in turn, then the completion."""
+    def stream(self, request: ChatRequest) -> EngineStream:
+        """Answer ``request``, giving its samples' words in turn, then the completion."""
+        return iterate(self._stream(request))
+
+    async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         fault = self._arrive(request)
         try:
             await self._wait(fault)

@@ -1,15 +1,15 @@
-"""A resumable store of generated drafts and targets, one JSON line per finished piece of work.
+"""The draft cache: generated drafts and targets, one JSON line per finished piece of work.
 
-Each line is ``{"key": RECORD KEY, "part": "drafts" | "target", "settings": FINGERPRINT, "value": ...}``
-and is appended and flushed as soon as the work is done, so a crash loses only the work in flight. On a
-rerun, a piece whose settings fingerprint matches is reused instead of generated again; pieces made
-with other settings (another model, k, temperature, template, other drafts...) stay in the file,
-unused. A torn last line (a crash in the middle of a write) is cut off before anything is appended.
+``aftlib data`` keeps it beside the dataset as ``OUT.drafts.jsonl`` (:func:`drafts_path`). Each line is
+``{"key": RECORD KEY, "part": "drafts" | "target", "settings": FINGERPRINT, "value": ...}`` and is
+appended and flushed as soon as the work is done, so a crash loses only the work in flight. On a rerun,
+a piece whose settings fingerprint matches is reused instead of generated again; pieces made with other
+settings (another model, k, temperature, template, other drafts...) stay in the file, unused. A torn
+last line (a crash in the middle of a write) is cut off before anything is appended.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,18 +18,28 @@ from typing import Any, BinaryIO
 from attrs import define, field
 
 from .._errors import InputError
+from .._io import iter_json, side_path
 
-__all__ = ("ProgressStore", "fingerprint")
+__all__ = ("DraftCache", "drafts_path")
 
 
-def fingerprint(settings: dict[str, Any]) -> str:
-    """A short digest of the settings that make a piece of work."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def drafts_path(output: str | os.PathLike[str]) -> Path:
+    """Where ``aftlib data`` keeps the draft cache of the dataset ``output``: ``OUT.drafts.jsonl``."""
+    return side_path(output, ".drafts.jsonl")
+
+
+def _key(value: Any) -> tuple[str, str, str] | None:
+    """The (key, part, settings) of a cache line, or None when it is not one."""
+    if not isinstance(value, dict) or "value" not in value:
+        return None
+    key, part, settings = value.get("key"), value.get("part"), value.get("settings")
+    if isinstance(key, str) and isinstance(part, str) and isinstance(settings, str):
+        return key, part, settings
+    return None
 
 
 @define
-class ProgressStore:
+class DraftCache:
     """Generated drafts and targets by record key, kept in a JSONL file.
 
     Args:
@@ -45,24 +55,19 @@ class ProgressStore:
         """Index what the file holds (repairing a torn last line) and open it for appending.
 
         Raises:
-            InputError: The file exists but is not a progress file.
+            InputError: The file exists but is not a draft cache (the error names the line).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             self._repair()
-            with self.path.open("rb") as handle:
-                offset = 0
-                for number, raw in enumerate(handle, start=1):
-                    try:
-                        entry = json.loads(raw)
-                        key, part, settings = entry["key"], entry["part"], entry["settings"]
-                    except (ValueError, KeyError, TypeError):
-                        raise InputError(
-                            "not a progress file of aftlib data (delete it to start over)",
-                            where=f"{self.path}:{number}",
-                        ) from None
-                    self._index[(key, part, settings)] = offset
-                    offset += len(raw)
+            for item in iter_json(self.path, what="draft cache"):
+                key = _key(item.value)
+                if key is None or item.offset is None:
+                    raise InputError(
+                        "not a draft cache of aftlib data (delete it to start over)",
+                        where=f"{self.path}:{item.line}",
+                    )
+                self._index[key] = item.offset
         self._handle = self.path.open("ab")
         self._reader = self.path.open("rb")
 
@@ -85,7 +90,7 @@ class ProgressStore:
 
     def put(self, key: str, part: str, settings: str, value: Any) -> None:
         """Append one finished piece of work and flush it."""
-        assert self._handle is not None, "open() the store first"
+        assert self._handle is not None, "open() the cache first"
         entry = {"key": key, "part": part, "settings": settings, "value": value}
         line = json.dumps(entry, ensure_ascii=False)
         self._handle.seek(0, os.SEEK_END)

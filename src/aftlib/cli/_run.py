@@ -1,0 +1,245 @@
+"""``aftlib run`` and ``aftlib demo``: a dataset through a topology, with progress and a summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from .. import config
+from .._accounting import PriceTable
+from .._io import iter_json, read_yaml
+from .._runner import FORMATS, Runner, RunSummary, journal_path, summary_path
+from .._topology import Topology
+from ._common import (
+    Interrupted,
+    configure_output,
+    input_option,
+    log_json_option,
+    output_option,
+    run_async,
+    verbose_option,
+    verbosity,
+)
+from ._display import Display
+
+__all__ = ("demo", "run")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DEMO_NOTE = (
+    "note: this demo runs a tiny model with random weights, so its text is meaningless. To run a real AFT "
+    "model (linzw/Llama-AFT-On-Policy) use a GPU machine with aftlib[vllm] and a config whose model_name "
+    "is that model: aftlib run --config aft.yaml --input prompts.jsonl --output out.jsonl"
+)
+
+RUN_HELP = """Run a topology over a dataset: every record of --input goes through the layers of --config,
+and its answer is written as one JSON line as soon as it is done.
+
+--config takes the AFT reference YAML unchanged, or a topology config (engines, agents, layers,
+final). Rerunning the same command resumes: records already done are skipped, failed ones retried.
+Without --config, runs the embedded demo (see aftlib demo).
+
+Exit status: 0 every record answered; 1 some failed or bad input lines; 2 a usage mistake (nothing
+ran); 130 / 143 stopped by Ctrl-C / SIGTERM (rerun to resume).
+"""
+
+DEMO_HELP = """Run the AFT topology on a tiny random-weight model on CPU over sample prompts shipped with
+aftlib: the whole pipeline (propose, aggregate twice, answer), anywhere, in about a minute once the
+engine is installed.
+
+The model is built once into the cache folder ($AFTLIB_CACHE_DIR, else ~/.cache/aftlib). Its text is
+meaningless, since the weights are random; to run a real model, use aftlib run --config.
+"""
+
+
+def _data(name: str) -> Path:
+    return Path(str(resources.files("aftlib") / "data" / name))
+
+
+def run_options(func: F) -> F:
+    """The options of ``run`` and ``demo`` (all but ``--config``)."""
+    options = [
+        input_option(required=False, help="JSONL or JSON array of records (default: the sample prompts)."),
+        output_option(required=False, help="The output file (default: JSONL on standard output, no resume)."),
+        click.option(
+            "--concurrency", type=int, default=128, show_default=True, help="Records in flight at once."
+        ),
+        click.option("--limit", type=int, metavar="K", help="Only the first K input records."),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(FORMATS),
+            default="jsonl",
+            show_default=True,
+            help="Output format; other than jsonl, written at the end from OUT.journal.jsonl.",
+        ),
+        click.option("--trace", is_flag=True, help="Write every layer's candidates."),
+        click.option("--strict", is_flag=True, help="Check the whole input before generating."),
+        click.option(
+            "--prices",
+            type=click.Path(path_type=Path),
+            metavar="FILE",
+            help="Price table (YAML: model -> prices per million tokens).",
+        ),
+        click.option(
+            "--restart",
+            is_flag=True,
+            help="Start over: remove the output and its side files instead of resuming.",
+        ),
+        log_json_option,
+        verbose_option,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.command("run", help=RUN_HELP, short_help="Run a topology over a dataset.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="AFT reference YAML or topology config (default: the demo).",
+)
+@run_options
+@click.pass_context
+def run(ctx: click.Context, /, config_path: Path | None, log_json: bool, **options: Any) -> int:
+    """``aftlib run``."""
+    configure_output(verbosity(ctx), log_json)
+    return _execute(config_path, **options)
+
+
+@click.command("demo", help=DEMO_HELP, short_help="Run the AFT topology on a tiny CPU model.")
+@run_options
+@click.pass_context
+def demo(ctx: click.Context, /, log_json: bool, **options: Any) -> int:
+    """``aftlib demo``."""
+    configure_output(verbosity(ctx), log_json)
+    return _execute(None, **options)
+
+
+def _demo_topology() -> Topology:
+    from ..testing import tiny_model_path
+
+    data = read_yaml(_data("demo.yaml"), "the demo config")
+    data["model_name"] = str(tiny_model_path())
+    return config.parse(data, source="aftlib demo")
+
+
+def _generator(topology: Topology) -> str:
+    return Path(topology.final.engine.name).name or "aftlib"
+
+
+def _empty(path: Path) -> bool:
+    for _ in iter_json(path, what="input"):
+        return False
+    return True
+
+
+def _execute(
+    config_path: Path | None,
+    *,
+    input_path: Path | None,
+    output: Path | None,
+    concurrency: int,
+    limit: int | None,
+    fmt: str,
+    trace: bool,
+    strict: bool,
+    prices: Path | None,
+    restart: bool,
+) -> int:
+    demo = config_path is None
+    price_table = None if prices is None else PriceTable.load(prices)
+    topology = _demo_topology() if config_path is None else config.load(config_path)
+    source = input_path or _data("sample_prompts.jsonl")
+    display = Display()
+    runner = Runner(
+        topology,
+        source,
+        output,
+        concurrency=concurrency,
+        limit=limit,
+        format=fmt,
+        trace=trace,
+        strict=strict,
+        generator=_generator(topology),
+        on_progress=display.update,
+        on_bad_line=display.bad_line,
+        prices=price_table,
+        restart=restart,
+        config_name="aftlib demo" if config_path is None else str(config_path),
+    )
+    hint = None if output is None else f"rerun to resume from {journal_path(output, fmt)}"
+    timings: dict[str, float] = {}
+    with runner.claim():  # the input readable, the output writable and ours: before any engine starts
+        if limit == 0 or _empty(source):
+            summary = anyio.run(runner.run, backend="asyncio")
+            why = " (--limit 0)" if limit == 0 else ""
+            click.echo(f"aftlib: 0 records in {source}{why}; nothing to run", err=True)
+            return 0
+
+        async def work() -> RunSummary:
+            with display:
+                start = time.monotonic()
+                engines = len(topology.engines)
+                display.starting(f"starting {engines} engine{'s' if engines != 1 else ''}")
+                async with topology:
+                    timings["engine start"] = time.monotonic() - start
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(display.tick)
+                        try:
+                            result = await runner.run()
+                        finally:
+                            tg.cancel_scope.cancel()
+                            display.finish()  # before the engines close: the times are the run's
+                return result
+
+        try:
+            summary = run_async(work, hint=hint)
+        except Interrupted:
+            if "engine start" in timings:  # the run had begun: say what it did
+                click.echo(_summary(runner.summary(interrupted=True), timings), err=True)
+            raise
+    click.echo(_summary(summary, timings), err=True)
+    if demo:
+        click.echo(_DEMO_NOTE, err=True)
+    return 0 if summary.ok else 1
+
+
+def _summary(summary: RunSummary, timings: dict[str, float]) -> str:
+    u = summary.usage
+    lines = [
+        f"run {summary.run_id}" + (" (interrupted)" if summary.interrupted else ""),
+        f"records: {summary.records} read, {summary.done} done, {summary.resumed} already done, "
+        f"{summary.failed} failed, {summary.bad} bad lines",
+        f"tokens: {u.prompt_tokens:,} prompt ({u.cached_tokens:,} cached), "
+        f"{u.completion_tokens:,} completion, {u.requests:,} requests",
+    ]
+    for layer in summary.report.get("layers", []):
+        agents = ", ".join(
+            f"{name} {a['prompt_tokens']:,}+{a['completion_tokens']:,}" for name, a in layer["agents"].items()
+        )
+        lines.append(f"  layer {layer['layer']}: {agents}")
+    for failed in summary.report.get("failed_agents", []):
+        lines.append(
+            f"  agent {failed['agent']} of layer {failed['layer']} failed in {failed['records']} record(s)"
+        )
+    if summary.cost is not None:
+        lines.append(f"cost: {summary.cost:,.4f}")
+    if "engine start" in timings:
+        lines.append(f"engine start: {timings['engine start']:,.1f}s")
+    lines.append(f"generation: {summary.elapsed:,.1f}s")
+    if summary.output is not None:
+        lines.append(f"output: {summary.output}")
+        lines.append(f"summary: {summary_path(summary.output)}")
+    if summary.errors is not None:
+        lines.append(f"bad lines: {summary.errors}")
+    return "\n".join(lines)
