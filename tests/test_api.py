@@ -5,13 +5,14 @@ from __future__ import annotations
 import types
 
 import aftlib
+import aftlib.config
 import aftlib.engines
 import aftlib.testing
 
 
 def test_all_lists_exactly_the_public_names() -> None:
     """Every name in __all__ exists, and every public class or function is listed in __all__."""
-    for module in (aftlib, aftlib.engines, aftlib.testing):
+    for module in (aftlib, aftlib.config, aftlib.engines, aftlib.testing):
         assert isinstance(module.__all__, tuple)
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name} is listed but missing"
@@ -39,3 +40,14 @@ def test_errors_share_one_root() -> None:
     errors = [v for v in vars(aftlib).values() if isinstance(v, type) and issubclass(v, Exception)]
     assert len(errors) >= 8
     assert all(issubclass(e, aftlib.AftError) for e in errors)
+
+
+def test_public_classes_report_their_public_module() -> None:
+    """Reprs and tracebacks show public paths: aftlib.Topology, aftlib.engines.RetryingEngine, ..."""
+    assert aftlib.Topology.__module__ == "aftlib"
+    assert aftlib.QuorumError.__module__ == "aftlib"
+    assert aftlib.engines.RetryingEngine.__module__ == "aftlib.engines"
+    assert aftlib.testing.FakeEngine is aftlib.engines.FakeEngine
+    assert aftlib.testing.FakeEngine.__module__ == "aftlib.engines"
+    assert repr(aftlib.SamplingParams()).startswith("SamplingParams(")
+    assert aftlib.config.TopologyConfig.__module__ == "aftlib.config"

@@ -78,3 +78,14 @@ def test_a_bar_on_a_terminal_with_lines_above_it(capsys: pytest.CaptureFixture[s
     assert "tok/s" in text
     assert text.replace("\x1b[?25h", "").endswith("\n")  # the cursor shown again after the last line
     assert capsys.readouterr().err == ""  # nothing went around the display
+
+
+def test_a_command_stopped_while_engines_start_leaves_no_bar() -> None:
+    """Stopped (or failed) before any record: the 'starting' line is cleared, so the error line stands alone."""
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100, color_system=None)
+    with Display(console=console) as display:
+        display.starting("starting 1 engine")
+    last_frame = screen.getvalue().rsplit("\x1b[2K", 1)[-1]
+    assert "starting" in screen.getvalue()
+    assert "starting" not in last_frame

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -87,6 +88,9 @@ def test_a_signal_stops_the_run_cleanly_and_a_rerun_finishes_it(
     summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
     assert summary["interrupted"] is False
     assert (summary["records"]["resumed"], summary["records"]["done"]) == (len(first), 40 - len(first))
+
+
+STARTING = "aftlib: interrupted by SIGINT; the engines had not started, nothing was run"
 
 
 def start_cli(*args: str | Path, cwd: Path) -> subprocess.Popen[str]:
@@ -181,6 +185,29 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
     assert sorted(ids) == list(range(12))
 
 
+def test_ctrl_c_while_an_engine_starts_is_one_line(tmp_path: Path) -> None:
+    """Ctrl-C while an engine starts (a server that never answers): exit 130 and exactly one line."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    (tmp_path / "remote.yaml").write_text(
+        f"engines:\n  api: {{type: openai, model: m, base_url: 'http://127.0.0.1:{port}/v1'}}\n"
+        "agents:\n  a: {engine: api}\n  j: {engine: api, role: aggregator}\nlayers: [[a]]\nfinal: j\n"
+    )
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')
+    args = ("run", "--config", "remote.yaml", "--input", "in.jsonl", "--output", "out.jsonl")
+    with server:
+        process = start_cli(*args, cwd=tmp_path)
+        server.settimeout(60)
+        connection, _ = server.accept()  # the engine is starting: it asks for the models, never answered
+        with connection:
+            os.killpg(process.pid, signal.SIGINT)
+            _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines() == [STARTING]
+    assert not (tmp_path / "out.jsonl").exists()
+    assert not (tmp_path / "out.jsonl.lock").exists()
+
+
 @pytest.mark.vllm
 def test_ctrl_c_while_the_engine_starts_is_one_line(tiny_model: Path, tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the group) while vLLM starts: exit 130 and exactly one line, nothing else."""
@@ -190,7 +217,7 @@ def test_ctrl_c_while_the_engine_starts_is_one_line(tiny_model: Path, tmp_path: 
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert stderr.splitlines() == ["aftlib: interrupted by SIGINT; rerun to resume from out.jsonl"], stderr
+    assert stderr.splitlines() == [STARTING], stderr
 
 
 @pytest.mark.vllm

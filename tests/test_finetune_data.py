@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,10 @@ def best_response(record: dict[str, Any]) -> str:
     return next(c["response"] for c in usable if c["overall_score"] == top)
 
 
-async def collect(items: AsyncIterator[Example | Skip]) -> list[Example | Skip]:
-    return [item async for item in items]
+async def collect(build: AbstractAsyncContextManager[AsyncIterator[Example | Skip]]) -> list[Example | Skip]:
+    """Every item a builder gives."""
+    async with build as items:
+        return [item async for item in items]
 
 
 def write_jsonl(path: Path, rows: Iterable[Any]) -> Path:
@@ -541,7 +544,7 @@ async def test_the_same_inputs_give_the_same_example_on_every_path(tmp_path: Pat
     """An off-policy example and a trace with the same conversation, drafts and answer are identical."""
     (example,) = [
         i
-        async for i in build_off_policy(read_preferences(BINARIZED), k=2, seed=0)
+        for i in await collect(build_off_policy(read_preferences(BINARIZED), k=2, seed=0))
         if isinstance(i, Example) and i.source.line == 1
     ]
     drafts = example.messages[0].content.split("Responses from models:\n", 1)[1].split("\n")

@@ -107,7 +107,9 @@ def test_imports_run_one_way(low: str, high: str) -> None:
     """A lower layer never imports a higher one (the house's import direction)."""
     graph = import_graph()
     lows = [name for name in graph if name == low or name.startswith(low + ".")]
-    leaks = sorted(name for name in lows if any(t == high or t.startswith(high + ".") for t in _reachable(graph, name)))
+    leaks = sorted(
+        name for name in lows if any(t == high or t.startswith(high + ".") for t in _reachable(graph, name))
+    )
     assert leaks == [], f"{low} reaches {high} through {leaks}"
 
 

@@ -1,4 +1,4 @@
-"""Streams own their tasks: slow consumers, failing layers, early exits and timeouts that count engine time."""
+"""Streams own their tasks: slow consumers, failing layers, early exits, timeouts that count engine time."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ async def slow_on_event_with_retry_timeout() -> str:
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_slow_on_event_consumer_does_not_time_out_a_fast_engine(backend: str) -> None:
-    """With RetryingEngine(timeout=0.2), a callback awaiting 50 ms per token still completes (>2 s of waits)."""
+    """With RetryingEngine(timeout=0.2), a callback awaiting 50 ms per token still completes (>2 s waits)."""
     assert anyio.run(slow_on_event_with_retry_timeout, backend=backend) == LONG
 
 
@@ -103,7 +103,7 @@ def test_a_failing_layer_raises_the_same_quorum_error_whatever_the_consumer_spee
 
 @pytest.mark.anyio
 async def test_the_event_buffer_is_bounded_and_a_slow_consumer_holds_the_run_back() -> None:
-    """With buffer=4, a consumer that stops reading leaves the engine a few items ahead, not the whole answer."""
+    """With buffer=4, a consumer that stops reading leaves the engine a few items ahead, not the answer."""
     engine = CountingEngine(handler=lambda request, index: LONG)
     topology = Topology([], Proposer(engine, name="only"))
     async with topology.stream("q", buffer=4) as events:
@@ -138,10 +138,14 @@ async def test_a_retrying_stream_times_out_when_the_engine_itself_is_slow() -> N
     """The pausable timeout still fires for engine time: a hanging stream becomes EngineTimeoutError."""
     hangs = FakeEngine(faults=lambda number, request: "hang")
     engine = RetryingEngine(hangs, attempts=2, timeout=0.05, backoff=0.0)
-    with pytest.raises(EngineTimeoutError, match="no answer within 0.05s"):
+
+    async def drain() -> None:
         async with engine.stream(ChatRequest([Message("user", "q")])) as items:
             async for _ in items:
                 pass
+
+    with pytest.raises(EngineTimeoutError, match=r"no answer within 0\.05s"):
+        await drain()
     assert hangs.arrivals == 2
     assert hangs.in_flight == 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import anyio
 import anyio.lowlevel
 import pytest
@@ -212,7 +211,7 @@ async def test_bad_conversations_are_input_errors(conversation: object, message:
     with pytest.raises(InputError, match=message):
         await presets.aft(engine).run(conversation)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=message):
-        async with presets.aft(engine).stream(conversation) as events:  # type: ignore[arg-type]
+        async with presets.aft(engine).stream(conversation):  # type: ignore[arg-type]
             pass
     assert engine.requests == []
 

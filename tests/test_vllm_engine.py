@@ -11,13 +11,14 @@ from aftlib import (
     AnswerDone,
     ChatRequest,
     ContextLengthError,
+    Delta,
     Event,
     Message,
     SamplingParams,
     TokenDelta,
     presets,
 )
-from aftlib.engines import VLLMEngine, collect
+from aftlib.engines import LimitedEngine, RetryingEngine, VLLMEngine, collect
 
 from .conftest import TWO_TURNS, reference_aggregation_system
 
@@ -138,6 +139,24 @@ async def test_closing_a_stream_aborts_the_request(vllm_engine: VLLMEngine) -> N
             if isinstance(event, TokenDelta):
                 break
     assert vllm_engine.llm.get_num_unfinished_requests() == 0
+
+
+async def test_leaving_a_wrapped_stream_early_leaves_nothing_in_flight(vllm_engine: VLLMEngine) -> None:
+    """Through RetryingEngine and LimitedEngine (tasks of their own), leaving stream() early aborts."""
+    wrapped = LimitedEngine(RetryingEngine(vllm_engine, timeout=60), max_in_flight=2)
+    request = ChatRequest([Message("user", "Tell me a long story.")], SamplingParams(n=3, max_tokens=1500))
+    async with wrapped.stream(request) as items:
+        async for item in items:
+            if isinstance(item, Delta):
+                break
+    assert vllm_engine.llm.get_num_unfinished_requests() == 0
+    topology = presets.aft(wrapped, n=2, max_tokens=1500)
+    async with topology.stream("Tell me a story.") as events:
+        async for event in events:
+            if isinstance(event, TokenDelta) and event.layer == 0:
+                break
+    assert vllm_engine.llm.get_num_unfinished_requests() == 0
+    assert wrapped.in_flight == 0
 
 
 async def test_max_tokens_is_lowered_to_fit_the_context(vllm_engine: VLLMEngine) -> None:

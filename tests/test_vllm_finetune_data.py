@@ -70,17 +70,15 @@ async def test_on_policy_drafts_are_sampled_by_vllm(vllm_engine: VLLMEngine, tmp
     assert card.lengths["aggregation"]["prompt"]["min"] > 0
 
     rerun = Recording(vllm_engine, name="tiny")
-    resumed = [
-        i
-        async for i in build_on_policy(
-            rerun,
-            read_preferences(UF),
-            k=3,
-            seed=0,
-            sampling=sampling,
-            cache=tmp_path / "onpolicy.drafts.jsonl",
-        )
-    ]
+    async with build_on_policy(
+        rerun,
+        read_preferences(UF),
+        k=3,
+        seed=0,
+        sampling=sampling,
+        cache=tmp_path / "onpolicy.drafts.jsonl",
+    ) as items:
+        resumed = [i async for i in items]
     assert rerun.requests == []  # every draft came from the draft cache
     assert [i.to_json() for i in resumed if isinstance(i, Example)] == examples
     assert sum(isinstance(i, Skip) for i in resumed) == card.total_skipped

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing
 
 from . import engines, presets
 from ._accounting import Price, PriceTable
@@ -47,8 +47,8 @@ from ._runner import Runner, RunStats, RunSummary
 from ._templates import PromptTemplate
 from ._topology import Layer, Topology
 from ._trace import TracedRequest, traced_requests
-from ._util import publish
 from ._types import ChatRequest, Completion, Cut, Delta, Message, Sample, SamplingParams, Usage
+from ._util import publish as _publish
 
 __version__ = "0.1.0"
 
@@ -97,22 +97,23 @@ __all__ = (
     "__version__",
     "config",
     "engines",
+    "finetune",
     "presets",
     "testing",
     "traced_requests",
 )
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from . import config, finetune, testing
 
 _SUBMODULES = ("config", "finetune", "testing")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     """Import ``aftlib.config``, ``aftlib.finetune`` and ``aftlib.testing`` on first use."""
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-publish(globals(), __name__)
+_publish(globals(), __name__)

@@ -95,7 +95,9 @@ class MissingExtraError(AftError, ImportError):
         self.extra = extra
         self.module = module
         missing = f" (cannot import {module})" if module else ""
-        super().__init__(f"{what} needs the {extra} extra: pip install 'aftlib[{extra}]'{missing}", name=module)
+        super().__init__(
+            f"{what} needs the {extra} extra: pip install 'aftlib[{extra}]'{missing}", name=module
+        )
 
 
 class EngineError(AftError):
@@ -124,7 +126,9 @@ class RateLimitError(EngineError):
         status: The HTTP status (429 for OpenAI-compatible servers).
     """
 
-    def __init__(self, message: str = "", *, retry_after: float | None = None, status: int | None = None) -> None:
+    def __init__(
+        self, message: str = "", *, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
 

@@ -46,8 +46,11 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _VERBOSE = "aftlib.verbose"
 
 
-class Interrupted(Exception):
-    """A command was stopped by SIGINT or SIGTERM; ``hint`` says what to rerun."""
+class Interrupted(KeyboardInterrupt):
+    """A command was stopped by SIGINT or SIGTERM; ``hint`` says what to rerun.
+
+    A ``KeyboardInterrupt``, so code that catches ``Exception`` (a trainer's loop) lets it through.
+    """
 
     def __init__(self, signum: int, hint: str | None = None) -> None:
         self.signum = signum

@@ -11,6 +11,7 @@ output (the second is refused, exit 2).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -289,7 +290,7 @@ async def _build(args: Any) -> DataCard:
         "direct_ratio": args.direct_ratio,
         "template": args.template,
     }
-    items: Iterator[Example | Skip] | AsyncIterator[Example | Skip]
+    items: Iterator[Example | Skip] | AbstractAsyncContextManager[AsyncIterator[Example | Skip]]
     if args.data_command == "from-trace":
         items = examples_from_trace(
             args.input, seed=args.seed, direct_ratio=args.direct_ratio, template=args.template

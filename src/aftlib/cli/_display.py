@@ -39,12 +39,15 @@ class Display:
     Args:
         interval: Seconds between plain lines (when standard error is not a terminal).
         console: The rich console to draw on (standard error by default).
+        live: Whether to draw a live bar; by default, when the console is a terminal.
     """
 
-    def __init__(self, *, interval: float = 10.0, console: Console | None = None) -> None:
+    def __init__(
+        self, *, interval: float = 10.0, console: Console | None = None, live: bool | None = None
+    ) -> None:
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.interval = interval
-        self.live = self.console.is_terminal
+        self.live = self.console.is_terminal if live is None else live
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         self._stats: RunStats | None = None
@@ -81,6 +84,9 @@ class Display:
         if self._bar is not None:
             if self._stats is not None:
                 self._refresh()
+            elif self._task is not None:  # stopped while the engines started: no bar is left behind
+                self._bar.remove_task(self._task)
+                self._bar.live.transient = True
             self._bar.stop()  # leaves the bar drawn, the cursor on a new line
             self._bar = None
         elif self._stats is not None:

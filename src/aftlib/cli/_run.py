@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -160,7 +161,8 @@ def _execute(
     price_table = None if prices is None else PriceTable.load(prices)
     topology = _demo_topology() if config_path is None else config.load(config_path)
     source = input_path or _data("sample_prompts.jsonl")
-    display = Display()
+    # answers written to a terminal would run through a live bar on the same screen: plain lines then
+    display = Display(live=False) if output is None and sys.stdout.isatty() else Display()
     runner = Runner(
         topology,
         source,
@@ -181,7 +183,7 @@ def _execute(
     timings: dict[str, float] = {}
     with runner.claim():  # the input readable, the output writable and ours: before any engine starts
         if limit == 0 or _empty(source):
-            summary = anyio.run(runner.run, backend="asyncio")
+            anyio.run(runner.run, backend="asyncio")  # writes the empty output and its summary
             why = " (--limit 0)" if limit == 0 else ""
             click.echo(f"aftlib: 0 records in {source}{why}; nothing to run", err=True)
             return 0
@@ -204,9 +206,10 @@ def _execute(
 
         try:
             summary = run_async(work, hint=hint)
-        except Interrupted:
-            if "engine start" in timings:  # the run had begun: say what it did
-                click.echo(_summary(runner.summary(interrupted=True), timings), err=True)
+        except Interrupted as stop:
+            if "engine start" not in timings:
+                raise Interrupted(stop.signum, "the engines had not started, nothing was run") from None
+            click.echo(_summary(runner.summary(interrupted=True), timings), err=True)  # what it did
             raise
     click.echo(_summary(summary, timings), err=True)
     if demo:

@@ -11,7 +11,7 @@ starts many engines once and closes them together.
 
 from __future__ import annotations
 
-from .._util import publish
+from .._util import publish as _publish
 from ._base import Engine, EngineStream, StreamItem, collect
 from ._fake import FakeEngine
 from ._limited import LimitedEngine
@@ -40,4 +40,4 @@ __all__ = (
     "split_gpu_memory",
 )
 
-publish(globals(), __name__)
+_publish(globals(), __name__)

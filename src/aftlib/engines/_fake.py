@@ -13,8 +13,8 @@ import anyio.lowlevel
 from attrs import define, field, frozen
 
 from .._errors import AftError, ConfigError, EngineError, RateLimitError, ServerError
-from .._types import ChatRequest, Completion, Delta, Message, Sample, Usage
 from .._streams import iterate
+from .._types import ChatRequest, Completion, Delta, Message, Sample, Usage
 from ._base import Engine, EngineStream, StreamItem
 
 __all__ = ("FakeEngine", "Fault", "FaultPlan", "Handler")

@@ -18,7 +18,9 @@ __all__ = ("LimitedEngine",)
 
 def _limit(_: object, __: object, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"max_in_flight must be an integer of at least 1, got {value!r}", path="max_in_flight")
+        raise ConfigError(
+            f"max_in_flight must be an integer of at least 1, got {value!r}", path="max_in_flight"
+        )
 
 
 @define(eq=False)

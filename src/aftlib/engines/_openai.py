@@ -89,7 +89,11 @@ class OpenAIEngine(Engine):
         if not isinstance(model, str) or not model:
             raise ConfigError(f"model must be a non-empty string, got {model!r}", path="model")
         if not isinstance(base_url, str) or not base_url:
-            hint = "; for several servers of one model use aftlib.engines.Replicas" if isinstance(base_url, list | tuple) else ""
+            hint = (
+                "; for several servers of one model use aftlib.engines.Replicas"
+                if isinstance(base_url, list | tuple)
+                else ""
+            )
             raise ConfigError(f"base_url must be one URL, got {base_url!r}{hint}", path="base_url")
         self.__attrs_init__(
             model=model,

@@ -52,10 +52,18 @@ def split_gpu_memory(engines: Iterable[Engine]) -> dict[str, float]:
     """
     from ._vllm import VLLMEngine
 
-    vllm = [e for e in _distinct(leaf for engine in engines for leaf in _leaves(engine)) if isinstance(e, VLLMEngine)]
+    vllm = [
+        e
+        for e in _distinct(leaf for engine in engines for leaf in _leaves(engine))
+        if isinstance(e, VLLMEngine)
+    ]
     if len(vllm) < 2:
         return {}
-    claimed = sum(float(e.engine_args["gpu_memory_utilization"]) for e in vllm if "gpu_memory_utilization" in e.engine_args)
+    claimed = sum(
+        float(e.engine_args["gpu_memory_utilization"])
+        for e in vllm
+        if "gpu_memory_utilization" in e.engine_args
+    )
     unset = [e for e in vllm if "gpu_memory_utilization" not in e.engine_args]
     if not unset:
         return {}

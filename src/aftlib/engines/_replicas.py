@@ -107,9 +107,14 @@ class Replicas(Engine):
         return self.replicas[0].detokenize(tokens)
 
     def check_adapter(self, name: str) -> None:
-        """Every replica must serve the adapter."""
+        """Every replica must serve the adapter; the error names the replicas as one engine."""
         for replica in self.replicas:
-            replica.check_adapter(name)
+            try:
+                replica.check_adapter(name)
+            except ConfigError as exc:
+                raise ConfigError(
+                    exc.message.replace(repr(replica.name), repr(self.name)), path=exc.path
+                ) from None
 
     async def start(self) -> None:
         """Start every replica."""

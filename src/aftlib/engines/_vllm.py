@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import signal
 import uuid
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
-from contextlib import aclosing, contextmanager
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +68,14 @@ def check_model(model: str) -> None:
         return
     try:
         import huggingface_hub
+        from huggingface_hub import constants
         from huggingface_hub.errors import HfHubHTTPError
     except ImportError:  # vLLM brings it; without it vLLM reports the problem itself
         return
     if isinstance(huggingface_hub.try_to_load_from_cache(model, "config.json"), str):
         return
-    cache = huggingface_hub.constants.HF_HUB_CACHE
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
+    cache = constants.HF_HUB_CACHE
+    if constants.HF_HUB_OFFLINE:
         raise ConfigError(
             f"model {model} is not on this machine: it is neither a folder nor in the Hugging Face cache "
             f"({cache}), and HF_HUB_OFFLINE is set",
@@ -94,27 +94,8 @@ def check_model(model: str) -> None:
         ) from None
 
 
-@contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Block SIGINT in this thread, so the engine processes vLLM spawns from it inherit a blocked SIGINT.
-
-    Ctrl-C reaches every process of the terminal's process group. vLLM's engine processes would die on it
-    with tracebacks and leaked shared memory; with SIGINT blocked they keep running until aftlib, which
-    handles the signal, shuts them down cleanly.
-    """
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _build_llm(vllm: Any, args: Any) -> Any:
-    with _sigint_blocked():
-        return vllm.v1.engine.async_llm.AsyncLLM.from_engine_args(args)
+    return vllm.v1.engine.async_llm.AsyncLLM.from_engine_args(args)
 
 
 @define(eq=False, init=False)

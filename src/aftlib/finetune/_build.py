@@ -12,19 +12,22 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import AsyncExitStack, aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 import attrs
+from anyio.streams.memory import MemoryObjectSendStream
 from attrs import define, evolve
 
 from .._agents import Aggregator
 from .._errors import ConfigError
 from .._io import fingerprint
 from .._logging import get_logger
+from .._streams import producer_stream
 from .._templates import PromptTemplate, as_template
 from .._topology import Topology
 from .._types import ChatRequest, SamplingParams
@@ -45,15 +48,15 @@ Item = Example | Skip
 
 
 async def _ordered(
-    items: Iterable[T], work: Callable[[T], Awaitable[R]], window: int
-) -> AsyncGenerator[R, None]:
-    """Run ``work`` over ``items`` concurrently and yield the results in input order.
+    items: Iterable[T], work: Callable[[T], Awaitable[R]], window: int, emit: Callable[[R], Awaitable[None]]
+) -> None:
+    """Run ``work`` over ``items`` concurrently and hand the results to ``emit`` in input order.
 
-    At most ``window`` items are in flight or finished but not yet yielded, so a slow item holds back
-    at most ``window`` others. Close the generator (``aclosing``) to stop early: that cancels the work.
+    At most ``window`` items are in flight or finished but not yet handed over, so a slow item holds
+    back at most ``window`` others. Cancelling the caller cancels the work.
     """
     send, receive = anyio.create_memory_object_stream[tuple[anyio.Event, list[R]]](math.inf)
-    slots = anyio.Semaphore(window)
+    slots = anyio.Semaphore(window)  # bounds the stream too: one entry per slot
 
     async def run_one(item: T, done: anyio.Event, box: list[R]) -> None:
         box.append(await work(item))
@@ -70,13 +73,10 @@ async def _ordered(
     with unwrap_group():
         async with anyio.create_task_group() as tg, receive:
             tg.start_soon(produce, tg)
-            try:
-                async for done, box in receive:
-                    await done.wait()
-                    yield box[0]
-                    slots.release()
-            finally:
-                tg.cancel_scope.cancel()
+            async for done, box in receive:
+                await done.wait()
+                await emit(box[0])
+                slots.release()
 
 
 def _cache_key(record: PreferenceRecord) -> str:
@@ -305,8 +305,14 @@ async def _run(
     records: Iterable[PreferenceRecord | Skip],
     work: Callable[[PreferenceRecord | Skip], Awaitable[list[Item]]],
     concurrency: int,
-) -> AsyncGenerator[Item, None]:
+    send: MemoryObjectSendStream[Item],
+) -> None:
     log = get_logger(__name__)
+
+    async def emit(items: list[Item]) -> None:
+        for item in items:
+            await send.send(item)
+
     async with AsyncExitStack() as stack:
         engines = [] if builder.engine is None else [builder.engine]
         if builder.target is not None:
@@ -317,15 +323,12 @@ async def _run(
             builder.cache.open()
             stack.callback(builder.cache.close)
             log.info("draft cache", path=str(builder.cache.path), entries=len(builder.cache))
-        async with aclosing(_ordered(_unique(records), work, concurrency)) as results:
-            async for items in results:
-                for item in items:
-                    yield item
+        await _ordered(_unique(records), work, concurrency, emit)
         if builder.cache is not None:
             log.info("generation done", generated=builder.generated, reused=builder.reused)
 
 
-async def build_off_policy(
+def build_off_policy(
     records: Iterable[PreferenceRecord | Skip],
     *,
     k: int = 4,
@@ -335,7 +338,7 @@ async def build_off_policy(
     template: str | PromptTemplate = "aft_aggregate",
     concurrency: int = 64,
     cache: str | os.PathLike[str] | None = None,
-) -> AsyncGenerator[Example | Skip, None]:
+) -> AbstractAsyncContextManager[AsyncIterator[Example | Skip]]:
     """Aggregation examples from preference records: k of each record's responses as the proposals.
 
     With the best-rated response as the target (``target=None``), the proposals are drawn from the
@@ -357,9 +360,12 @@ async def build_off_policy(
         cache: A draft cache file (:class:`DraftCache`) that keeps the targets as they are generated,
             so a rerun reuses them (``aftlib data`` uses ``OUT.drafts.jsonl``).
 
-    Yields:
-        Each record's examples (its aggregation example, then its direct example if chosen), or a
-        :class:`~aftlib.finetune.Skip` saying why it has none, in input order.
+    Returns:
+        A context manager that runs the build in a task it owns and gives each record's examples (its
+        aggregation example, then its direct example if chosen), or a :class:`~aftlib.finetune.Skip`
+        saying why it has none, in input order: ``async with build_off_policy(...) as items: async
+        for item in items: ...``; pass ``items`` to :func:`~aftlib.finetune.write_dataset`. Leaving the
+        block early cancels the work.
 
     Raises:
         ConfigError: A bad parameter, or a target topology whose final agent is not an aggregator.
@@ -368,9 +374,7 @@ async def build_off_policy(
     _check_target(target)
     drafts = None if cache is None else DraftCache(cache)
     builder = _Builder(k, seed, as_template(template), direct_ratio, target, drafts)
-    async with aclosing(_run(builder, records, builder.off_policy, concurrency)) as items:
-        async for item in items:
-            yield item
+    return producer_stream(partial(_run, builder, records, builder.off_policy, concurrency))
 
 
 def drafting_settings(
@@ -391,7 +395,7 @@ def drafting_settings(
     }
 
 
-async def build_on_policy(
+def build_on_policy(
     engine: Engine,
     records: Iterable[PreferenceRecord | Skip],
     *,
@@ -405,7 +409,7 @@ async def build_on_policy(
     template: str | PromptTemplate = "aft_aggregate",
     concurrency: int = 64,
     cache: str | os.PathLike[str] | None = None,
-) -> AsyncGenerator[Example | Skip, None]:
+) -> AbstractAsyncContextManager[AsyncIterator[Example | Skip]]:
     """Aggregation examples whose proposals are drafts of ``engine`` (the model to be trained).
 
     For each record, one request samples ``k`` drafts with the in-context-learning prompt (a system
@@ -431,9 +435,9 @@ async def build_on_policy(
             are generated: a rerun with the same settings reuses them and generates only what is
             missing (``aftlib data`` uses ``OUT.drafts.jsonl``).
 
-    Yields:
-        Each record's examples, or a :class:`~aftlib.finetune.Skip` saying why it has none, in input
-        order.
+    Returns:
+        A context manager giving each record's examples, or a :class:`~aftlib.finetune.Skip` saying why
+        it has none, in input order (used as for :func:`build_off_policy`).
 
     Raises:
         ConfigError: A bad parameter, or a target topology whose final agent is not an aggregator.
@@ -460,6 +464,4 @@ async def build_on_policy(
         lora=lora,
         drafts_settings=fingerprint(drafting_settings(engine, drafting, icl, lora, k, seed)),
     )
-    async with aclosing(_run(builder, records, builder.on_policy, concurrency)) as items:
-        async for item in items:
-            yield item
+    return producer_stream(partial(_run, builder, records, builder.on_policy, concurrency))

@@ -14,15 +14,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping, Sequence
-from contextlib import AsyncExitStack, ExitStack, aclosing
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, ExitStack, aclosing
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from attrs import define, field, frozen
 
-from .._errors import ConfigError
+from .._errors import ConfigError, MissingExtraError
 from .._io import atomic_write, prompt_token_ids, side_path, write_json_atomic
 from .._types import Message
 from ._examples import Example, Skip
@@ -57,10 +57,8 @@ def load_tokenizer(name: str | os.PathLike[str]) -> Any:
     """
     try:
         from transformers import AutoTokenizer
-    except ImportError:
-        raise ConfigError(
-            "measuring lengths in tokens needs transformers: pip install 'aftlib[train]'", path="tokenizer"
-        ) from None
+    except ImportError as exc:
+        raise MissingExtraError("measuring lengths in tokens", "train", "transformers") from exc
     try:
         return AutoTokenizer.from_pretrained(str(name))
     except (OSError, ValueError) as exc:
@@ -292,7 +290,9 @@ class DatasetWriter:
 
 async def write_dataset(
     path: str | os.PathLike[str],
-    items: Iterable[Example | Skip] | AsyncIterable[Example | Skip],
+    items: Iterable[Example | Skip]
+    | AsyncIterable[Example | Skip]
+    | AbstractAsyncContextManager[AsyncIterator[Example | Skip]],
     *,
     sources: Mapping[str, Any] | None = None,
     tokenizer: Any = None,
@@ -302,7 +302,9 @@ async def write_dataset(
     Args:
         path: The dataset file (JSONL); the card goes to ``OUT.card.json`` and the skipped records to
             ``OUT.skipped.jsonl`` (removed when none is skipped).
-        items: Examples and skips, from any builder (sync or async).
+        items: Examples and skips: from a builder (:func:`~aftlib.finetune.build_off_policy` and
+            :func:`~aftlib.finetune.build_on_policy` give a context manager, entered here), or any
+            iterable or async iterable.
         sources: Settings to record in the card (k, seed, target mode, ...).
         tokenizer: A tokenizer, or a model folder to load one from, to count lengths in tokens.
 
@@ -311,7 +313,11 @@ async def write_dataset(
     """
     writer = DatasetWriter(path, sources or {}, tokenizer)
     with writer:
-        if isinstance(items, AsyncIterable):
+        if isinstance(items, AbstractAsyncContextManager):
+            async with items as entered:  # leaving it (a writing error) stops the builder's work
+                async for item in entered:
+                    writer.add(item)
+        elif isinstance(items, AsyncIterable):
             async with AsyncExitStack() as stack:
                 if isinstance(items, AsyncGenerator):  # stop its work if writing fails
                     await stack.enter_async_context(aclosing(items))

@@ -26,16 +26,13 @@ from typing import Any, Literal
 import attrs
 from attrs import define, field, frozen
 
-from .._errors import AftError, ConfigError, InputError
+from .._errors import ConfigError, InputError, MissingExtraError
 from .._io import iter_json, read_yaml, render_prompt, staged_dir
 from .._logging import get_logger
 from ..config._converter import config_class, structure
 
 __all__ = ("LoraSettings", "LossPoint", "TrainConfig", "TrainResult", "train")
 
-_INSTALL_HINT = (
-    "aftlib train needs the train extra: pip install 'aftlib[train]' (and torch, e.g. 'aftlib[cpu]')"
-)
 
 MARKER = "aftlib-train.json"
 """The file :func:`train` writes into every checkpoint it makes: what was trained, how, and the losses."""
@@ -445,7 +442,7 @@ def _import(name: str) -> Any:
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise AftError(f"{_INSTALL_HINT} (cannot import {name}: {exc})") from exc
+        raise MissingExtraError("aftlib train (with torch, e.g. from the cpu extra)", "train", name) from exc
 
 
 def _sft_config(config: TrainConfig, output_dir: Path, *, source: str | None = None) -> Any:
@@ -691,7 +688,7 @@ def train(
     Raises:
         ConfigError: A setting is wrong (unknown ``extra`` argument, model not found, ...).
         InputError: The training data is missing or malformed (the error names the file and line).
-        AftError: The ``train`` extra is not installed.
+        MissingExtraError: The ``train`` extra is not installed.
     """
     try:
         return _train(config, on_log, source)

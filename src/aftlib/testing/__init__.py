@@ -12,12 +12,12 @@ HTTP server, subprocess or memory tracer.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing
 
-from .._util import publish
+from .._util import publish as _publish
 from ..engines._fake import FakeEngine, Fault, FaultPlan, FaultScript, Handler
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from ._adapter import build_tiny_adapter
     from ._chaos import ChaosFault, ChaosScript, ChaosServer, chaos_server
     from ._server import vllm_server
@@ -56,13 +56,13 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value
-    publish({"__all__": (name,), name: value}, __name__)
+    _publish({"__all__": (name,), name: value}, __name__)
     return value
 
 
@@ -70,4 +70,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-publish(globals(), __name__)
+_publish(globals(), __name__)

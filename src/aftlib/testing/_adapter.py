@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import pathlib
 
+from .._errors import MissingExtraError
 from .._io import staged_dir
 
 __all__ = ("build_tiny_adapter",)
-
-_HINT = "build_tiny_adapter needs peft, torch and transformers: pip install peft 'aftlib[cpu]'"
 
 
 def build_tiny_adapter(
@@ -31,7 +30,7 @@ def build_tiny_adapter(
         The absolute path of the adapter folder.
 
     Raises:
-        ImportError: If peft, torch or transformers is missing.
+        MissingExtraError: peft, torch or transformers is missing (an ``ImportError`` too).
     """
     target = pathlib.Path(path).expanduser().resolve()
     if (target / "adapter_config.json").is_file():
@@ -41,7 +40,9 @@ def build_tiny_adapter(
         import torch
         import transformers
     except ImportError as exc:
-        raise ImportError(_HINT) from exc
+        raise MissingExtraError(
+            "build_tiny_adapter (with torch from the cpu extra)", "train", exc.name
+        ) from exc
     with staged_dir(target) as staging, torch.random.fork_rng():
         torch.manual_seed(seed)
         base = transformers.AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.float32)

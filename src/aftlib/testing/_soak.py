@@ -15,8 +15,8 @@ from .._agents import Aggregator, Proposer
 from .._runner import Runner, RunStats
 from .._topology import Layer, Topology
 from .._types import SamplingParams
-from ..engines._retrying import RetryingEngine
 from ..engines._fake import FakeEngine, FaultPlan
+from ..engines._retrying import RetryingEngine
 
 __all__ = ("SoakReport", "soak")
 

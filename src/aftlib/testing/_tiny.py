@@ -15,6 +15,7 @@ import os
 import pathlib
 from typing import Any
 
+from .._errors import MissingExtraError
 from .._io import staged_dir
 
 __all__ = ("TINY_MODEL_TAG", "build_tiny_model", "tiny_model_path")
@@ -23,7 +24,6 @@ TINY_MODEL_TAG = "tiny-llama-v2"
 """The name of the cache subfolder; bump it whenever the files :func:`build_tiny_model` writes change."""
 
 _MARKER = ".aftlib-tiny-model.json"
-_IMPORT_HINT = "build_tiny_model needs torch, transformers and tokenizers: pip install 'aftlib[cpu]'"
 
 _BOS = "<|begin_of_text|>"
 _EOS = "<|eot_id|>"
@@ -86,7 +86,9 @@ def _require_heavy_modules() -> tuple[Any, Any, Any]:
         import torch
         import transformers
     except ImportError as exc:
-        raise ImportError(_IMPORT_HINT) from exc
+        raise MissingExtraError(
+            "build_tiny_model (torch, transformers, tokenizers)", "cpu", exc.name
+        ) from exc
     return torch, transformers, tokenizers
 
 
@@ -224,7 +226,7 @@ def build_tiny_model(
         The absolute path of the model folder.
 
     Raises:
-        ImportError: If torch, transformers or tokenizers is not installed.
+        MissingExtraError: torch, transformers or tokenizers is not installed (an ``ImportError`` too).
         ValueError: If a size is out of range.
         FileExistsError: If ``path`` exists but is not a complete tiny model.
     """
@@ -277,7 +279,7 @@ def tiny_model_path(cache_dir: str | os.PathLike[str] | None = None) -> pathlib.
         The absolute path of the model folder.
 
     Raises:
-        ImportError: If the model must be built and torch, transformers or tokenizers is missing.
+        MissingExtraError: The model must be built and torch, transformers or tokenizers is missing.
     """
     if cache_dir is None:
         env = os.environ.get("AFTLIB_CACHE_DIR")
