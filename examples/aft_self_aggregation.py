@@ -34,11 +34,13 @@ async def run(engine: VLLMEngine, max_tokens: int) -> None:
         topology = presets.aft(engine, n=3, num_aggregation=2, max_tokens=max_tokens)
         result: Result | None = None
         print("answer: ", end="", flush=True)
-        async for event in topology.stream(CONVERSATION):
-            if isinstance(event, TokenDelta) and event.is_answer:
-                print(event.text, end="", flush=True)
-            elif isinstance(event, AnswerDone):
-                result = event.result
+        # The block owns the run: leaving it early (an error, Ctrl-C) cancels it and aborts its requests.
+        async with topology.stream(CONVERSATION) as events:
+            async for event in events:
+                if isinstance(event, TokenDelta) and event.is_answer:
+                    print(event.text, end="", flush=True)
+                elif isinstance(event, AnswerDone):
+                    result = event.result
         print()
 
     assert result is not None

@@ -42,11 +42,12 @@ async def show(title: str, topology: Topology) -> None:
     print(f"== {title}")
     steps: list[str] = []  # the aggregator's candidates: Self-MoA-Seq makes one per window
     result: Result | None = None
-    async for event in topology.stream(QUESTION):
-        if isinstance(event, CandidateDone) and event.candidate.layer == len(topology.layers):
-            steps.append(event.candidate.text)
-        elif isinstance(event, AnswerDone):
-            result = event.result
+    async with topology.stream(QUESTION) as events:  # the block owns the run and its requests
+        async for event in events:
+            if isinstance(event, CandidateDone) and event.candidate.layer == len(topology.layers):
+                steps.append(event.candidate.text)
+            elif isinstance(event, AnswerDone):
+                result = event.result
     assert result is not None
     for draft in result.layers[0].candidates:
         print(f"  draft {draft.index + 1} ({draft.completion_tokens:3d} tokens): {short(draft.text)}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from contextlib import aclosing
 
 import anyio
 import anyio.to_thread
@@ -56,8 +55,8 @@ async def chat(engine: VLLMEngine, preset: str, max_tokens: int) -> None:
             conversation.append({"role": "user", "content": turn})
             result: Result | None = None
             print("assistant> ", end="", flush=True)
-            # Leaving the loop early (an error, Ctrl-C) closes the stream, which aborts its requests.
-            async with aclosing(topology.stream(conversation)) as events:
+            # The block owns the run: leaving it early (an error, Ctrl-C) cancels it and aborts its requests.
+            async with topology.stream(conversation) as events:
                 async for event in events:
                     if isinstance(event, TokenDelta) and event.is_answer:
                         print(event.text, end="", flush=True)

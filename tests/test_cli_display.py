@@ -81,7 +81,7 @@ def test_a_bar_on_a_terminal_with_lines_above_it(capsys: pytest.CaptureFixture[s
 
 
 def test_a_command_stopped_while_engines_start_leaves_no_bar() -> None:
-    """Stopped (or failed) before any record: the 'starting' line is cleared, so the error line stands alone."""
+    """Stopped or failed before any record: the 'starting' line is cleared; the error line stands alone."""
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=100, color_system=None)
     with Display(console=console) as display:

@@ -47,7 +47,17 @@ from ._runner import Runner, RunStats, RunSummary
 from ._templates import PromptTemplate
 from ._topology import Layer, Topology
 from ._trace import TracedRequest, traced_requests
-from ._types import ChatRequest, Completion, Cut, Delta, Message, Sample, SamplingParams, Usage
+from ._types import (
+    ChatRequest,
+    Completion,
+    Cut,
+    Delta,
+    Message,
+    Sample,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
 from ._util import publish as _publish
 
 __version__ = "0.1.0"
@@ -91,6 +101,7 @@ __all__ = (
     "ServerError",
     "TemplateError",
     "TokenDelta",
+    "TokenLogprob",
     "Topology",
     "TracedRequest",
     "Usage",

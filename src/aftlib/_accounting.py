@@ -120,13 +120,15 @@ class PriceTable:
 
 
 def _model_names(engine: Engine) -> list[str]:
+    """The names to look a price up by: the engine's, then the model it serves (under wrappers, replicas)."""
     names = [engine.name]
     inner: Any = engine
     while inner is not None:
         model = getattr(inner, "model", None)
         if isinstance(model, str):
             names.append(model)
-        inner = getattr(inner, "inner", None)
+        replicas = getattr(inner, "replicas", None)
+        inner = getattr(inner, "inner", None) or (replicas[0] if replicas else None)
     return names
 
 

@@ -328,6 +328,7 @@ class Runner:
     _counts: dict[str, int] = field(factory=dict, init=False, repr=False)
     _errors_file: Path | None = field(default=None, init=False, repr=False)
     _claimed: bool = field(default=False, init=False, repr=False)
+    _origin_record: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -351,7 +352,7 @@ class Runner:
         Checks that the input can be read and that the output can be written (its folder exists, it
         is not a folder), holds an exclusive lock on the output for the block, removes an earlier
         run's files with ``restart``, and otherwise checks that the output's records came from the
-        same input file and topology (``OUT.run.json``), then records this run's.
+        same input file and topology (``OUT.run.json``); the run records its own when it starts.
 
         Raises:
             InputError: The input is missing, a directory or unreadable.
@@ -423,7 +424,7 @@ class Runner:
                     source=str(self.output),
                 )
         created = earlier.get("created") if has_records and isinstance(earlier, dict) else None
-        write_json_atomic(path, {**origin, "created": created or _iso(time.time())})
+        self._origin_record = {**origin, "created": created or _iso(time.time())}
 
     # --- running --------------------------------------------------------------------------------------
 
@@ -484,6 +485,8 @@ class Runner:
         started = time.time()
         journal = None if self.output is None else journal_path(self.output, self.format)
         done_ids = set() if journal is None else _resume(journal)
+        if self.output is not None and self._origin_record is not None:  # checked by claim()
+            write_json_atomic(run_path(self.output), self._origin_record)
         bad_lines: list[BadLine] = []
         finished = False
         log.info("run started", output=str(self.output) if self.output else None, resumed=len(done_ids))

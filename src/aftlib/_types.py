@@ -19,6 +19,7 @@ __all__ = (
     "Role",
     "Sample",
     "SamplingParams",
+    "TokenLogprob",
     "Usage",
     "as_conversation",
 )
@@ -143,6 +144,13 @@ def _check_top_p(_: object, attribute: attrs.Attribute[Any], value: float) -> No
         raise ConfigError(f"top_p must be in (0, 1], got {value}", path="top_p")
 
 
+def _check_logprobs(_: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 20):
+        raise ConfigError(
+            f"logprobs must be an integer from 0 to 20, or None; got {value!r}", path="logprobs"
+        )
+
+
 def _stop_tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -162,6 +170,9 @@ class SamplingParams:
         n: Samples drawn per request (all from one prompt, in one engine request).
         seed: Per-request seed, or None for the engine's own randomness.
         stop: Strings that end a sample (the tokenizer's EOS always does).
+        logprobs: Ask for the log probabilities of the generated tokens and of the ``logprobs`` most
+            likely tokens at each position (0 for the chosen tokens only); None asks for none. Engines
+            that cannot give them raise :class:`~aftlib.ConfigError` naming the engine.
     """
 
     temperature: float = field(default=0.7, converter=float, validator=_check_temperature)
@@ -170,6 +181,7 @@ class SamplingParams:
     n: int = field(default=1, validator=_check_positive("n"))
     seed: int | None = None
     stop: tuple[str, ...] = field(default=(), converter=_stop_tuple)
+    logprobs: int | None = field(default=None, validator=_check_logprobs)
 
 
 def _message_list(messages: Iterable[Message]) -> list[Message]:
@@ -229,6 +241,26 @@ class Usage:
         return total
 
 
+def _alternatives(value: Iterable[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    return tuple((str(token), float(logprob)) for token, logprob in value)
+
+
+@frozen
+class TokenLogprob:
+    """The log probability of one generated token, and of the most likely tokens at its position.
+
+    Attributes:
+        token: The generated token's text.
+        logprob: Its natural-log probability.
+        top: The most likely tokens at this position as ``(token, logprob)``, most likely first (as many
+            as the request's ``logprobs`` asked for; the generated token may or may not be among them).
+    """
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = field(default=(), converter=_alternatives)
+
+
 @frozen
 class Sample:
     """One finished sample of a request.
@@ -239,12 +271,14 @@ class Sample:
         finish_reason: Why it ended: ``"stop"`` (EOS or a stop string), ``"length"`` (max_tokens) or
             another engine-specific reason.
         completion_tokens: Tokens generated for it.
+        logprobs: One entry per generated token when the request asked for log probabilities, else None.
     """
 
     index: int
     text: str
     finish_reason: str | None = None
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 def _sample_tuple(samples: Iterable[Sample]) -> tuple[Sample, ...]:

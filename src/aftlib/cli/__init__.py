@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import click
 
-from ._common import exit_status, quiet_engine_loggers, signals_raise, verbose_option
+from ._common import exit_status, quiet_engine_loggers, shield_engine_process, signals_raise, verbose_option
 from ._data import data
 from ._run import demo, run
 from ._train import train_command
@@ -33,7 +33,9 @@ _ENVIRONMENT = (
 
 
 # vLLM's engine processes import the main module (python -m aftlib, or the aftlib script), and so this
-# package, before vLLM: its first lines then keep to the level the command chose.
+# package, before vLLM: its first lines then keep to the level the command chose, and Ctrl-C is left
+# to the main process.
+shield_engine_process()
 quiet_engine_loggers()
 
 

@@ -229,6 +229,19 @@ def configure_output(verbose: int, log_json: bool = False) -> None:
     )
 
 
+def shield_engine_process() -> None:
+    """In a process vLLM spawned for an aftlib command, block SIGINT; elsewhere do nothing.
+
+    Ctrl-C reaches every process of the terminal's process group. vLLM's engine processes would each
+    stop on it with tracebacks (and leave shared memory to the resource tracker), while aftlib, which
+    handles the signal in the main process, shuts them down in order. A spawned process imports the
+    main module first, as ``__mp_main__``, and a blocked signal stays blocked when vLLM installs its own
+    handler; SIGTERM, which aftlib's shutdown sends, still works.
+    """
+    if "__mp_main__" in sys.modules and hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 def quiet_engine_loggers() -> None:
     """Apply ``VLLM_LOGGING_LEVEL`` to vLLM's logger now, for the lines vLLM logs before configuring it.
 

@@ -8,6 +8,7 @@ at this module instead.
 
 from __future__ import annotations
 
-from ._common import quiet_engine_loggers
+from ._common import quiet_engine_loggers, shield_engine_process
 
+shield_engine_process()
 quiet_engine_loggers()

@@ -62,8 +62,29 @@ class Engine(anyio.abc.AsyncResource):
 
     @property
     def supports_n(self) -> bool:
-        """True when one request can ask for ``n`` samples (else callers send ``n`` requests)."""
+        """True when one call to the model can ask for ``n`` samples.
+
+        Agents always send one request of ``n`` samples; an engine whose backend takes one sample per call
+        (``OpenAIEngine(supports_n=False)``) sends ``n`` calls itself and merges them.
+        """
         return True
+
+    @property
+    def supports_logprobs(self) -> bool:
+        """True when the engine returns log probabilities for requests that ask for them."""
+        return False
+
+    def check_logprobs(self, what: str) -> None:
+        """Raise :class:`~aftlib.ConfigError` naming this engine unless it gives log probabilities.
+
+        Args:
+            what: What needs them, for the message (``"the AlpacaEval judge"``).
+        """
+        if not self.supports_logprobs:
+            raise ConfigError(
+                f"{what} needs log probabilities, and engine {self.name!r} ({type(self).__name__}) cannot "
+                "give them; use a VLLMEngine, or an OpenAIEngine on a server that returns logprobs"
+            )
 
     @property
     def context_window(self) -> int | None:

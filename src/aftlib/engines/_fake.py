@@ -14,10 +14,10 @@ from attrs import define, field, frozen
 
 from .._errors import AftError, ConfigError, EngineError, RateLimitError, ServerError
 from .._streams import iterate
-from .._types import ChatRequest, Completion, Delta, Message, Sample, Usage
+from .._types import ChatRequest, Completion, Delta, Message, Sample, TokenLogprob, Usage
 from ._base import Engine, EngineStream, StreamItem
 
-__all__ = ("FakeEngine", "Fault", "FaultPlan", "Handler")
+__all__ = ("FakeEngine", "Fault", "FaultPlan", "FaultScript", "Handler", "LogprobScript")
 
 Handler = Callable[[ChatRequest, int], "str | Awaitable[str]"]
 """``handler(request, index)`` returns (or awaits) the text of sample ``index`` of ``request``."""
@@ -98,6 +98,9 @@ class FaultPlan:
 
 
 FaultScript = Callable[[int, ChatRequest], "Fault | None"]
+
+LogprobScript = Callable[[ChatRequest, int, str], Sequence[TokenLogprob]]
+"""``logprobs(request, index, text)`` gives the log probabilities of sample ``index`` (text ``text``)."""
 """``faults(number, request)`` returns the fault for the engine's request ``number``, or None."""
 
 
@@ -150,6 +153,9 @@ class FakeEngine(Engine):
         context_window: A context size in tokens (one token per word) for prompt budgeting, or None.
         faults: A :class:`FaultPlan` (a seeded share of requests fail), or ``faults(number, request)``
             returning the :data:`Fault` for each request or None, or None for no faults.
+        logprobs: ``logprobs(request, index, text)`` giving the :class:`~aftlib.TokenLogprob` entries of
+            sample ``index`` when a request asks for log probabilities; by default each word is a token
+            with log probability 0 and itself as the only alternative.
         name: A label for logs and results.
 
     Example:
@@ -162,6 +168,7 @@ class FakeEngine(Engine):
     latency: float = 0.0
     context_window: int | None = None
     faults: FaultPlan | FaultScript | None = None
+    logprobs: LogprobScript | None = None
     requests: list[ChatRequest] = field(factory=list, init=False)
     injected: Counter[str] = field(factory=Counter, init=False)
     """The faults injected so far, by kind."""
@@ -278,9 +285,23 @@ class FakeEngine(Engine):
             return ServerError(f"{where}: connection dropped mid-stream (injected fault)")
         return EngineError(f"{where}: failed (injected fault)")
 
-    @staticmethod
-    def _completion(request: ChatRequest, texts: list[str]) -> Completion:
-        samples = tuple(Sample(i, t, "stop", _count_tokens(t)) for i, t in enumerate(texts))
+    @property
+    def supports_logprobs(self) -> bool:
+        """True: scripted, or one entry per word."""
+        return True
+
+    def _logprobs(self, request: ChatRequest, index: int, text: str) -> tuple[TokenLogprob, ...] | None:
+        k = request.sampling.logprobs
+        if k is None:
+            return None
+        if self.logprobs is not None:
+            return tuple(self.logprobs(request, index, text))
+        return tuple(TokenLogprob(word, 0.0, [(word, 0.0)][:k]) for word in _words(text))
+
+    def _completion(self, request: ChatRequest, texts: list[str]) -> Completion:
+        samples = tuple(
+            Sample(i, t, "stop", _count_tokens(t), self._logprobs(request, i, t)) for i, t in enumerate(texts)
+        )
         prompt_tokens = sum(_count_tokens(m.content) for m in request.messages)
         return Completion(samples, Usage(prompt_tokens, sum(s.completion_tokens for s in samples), 0, 1))
 

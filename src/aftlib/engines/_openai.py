@@ -22,7 +22,7 @@ from .._errors import (
 )
 from .._logging import get_logger
 from .._streams import iterate, producer_stream
-from .._types import ChatRequest, Completion, Delta, Sample, SamplingParams, Usage
+from .._types import ChatRequest, Completion, Delta, Sample, SamplingParams, TokenLogprob, Usage
 from ._base import Engine, EngineStream, StreamItem, collect
 
 __all__ = ("OpenAIEngine",)
@@ -109,6 +109,11 @@ class OpenAIEngine(Engine):
     def supports_n(self) -> bool:
         """Whether the server takes ``n`` samples per call (else ``n`` single calls are sent)."""
         return self._supports_n
+
+    @property
+    def supports_logprobs(self) -> bool:
+        """True: the Chat Completions API returns log probabilities when asked (vLLM's server does)."""
+        return True
 
     def _api_key(self) -> str:
         if self.api_key_env is None:
@@ -233,8 +238,12 @@ class OpenAIEngine(Engine):
         texts: dict[int, list[str]] = {i: [] for i in range(n)}
         chunks = dict.fromkeys(texts, 0)
         reasons: dict[int, str | None] = dict.fromkeys(texts)
+        logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in texts}
         usage = Usage(requests=1)
         answered = False
+        extra: dict[str, Any] = {}
+        if s.logprobs is not None:
+            extra = {"logprobs": True, "top_logprobs": s.logprobs}
         try:
             response = await client.chat.completions.create(
                 model=self.model,
@@ -247,6 +256,7 @@ class OpenAIEngine(Engine):
                 stop=list(s.stop) or None,
                 stream=True,
                 stream_options={"include_usage": True},
+                **extra,
             )
             answered = True
             async with response:
@@ -255,6 +265,10 @@ class OpenAIEngine(Engine):
                         index = choice.index
                         if choice.finish_reason is not None:
                             reasons[index] = choice.finish_reason
+                        content = getattr(getattr(choice, "logprobs", None), "content", None)
+                        for entry in content or ():
+                            top = [(t.token, t.logprob) for t in entry.top_logprobs or ()]
+                            logprobs[index].append(TokenLogprob(entry.token, entry.logprob, top))
                         text = choice.delta.content if choice.delta is not None else None
                         if text:
                             texts[index].append(text)
@@ -282,6 +296,7 @@ class OpenAIEngine(Engine):
                 "".join(texts[i]),
                 reasons[i],
                 usage.completion_tokens if n == 1 else chunks[i],
+                None if s.logprobs is None else tuple(logprobs[i]),
             )
             for i in sorted(texts)
         ]

@@ -90,6 +90,11 @@ class Replicas(Engine):
         return all(r.supports_n for r in self.replicas)
 
     @property
+    def supports_logprobs(self) -> bool:
+        """True when every replica gives log probabilities."""
+        return all(r.supports_logprobs for r in self.replicas)
+
+    @property
     def context_window(self) -> int | None:
         """The first replica's context window."""
         return self.replicas[0].context_window

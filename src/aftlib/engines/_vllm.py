@@ -18,7 +18,7 @@ from .._errors import ConfigError, ContextLengthError, EngineError, MissingExtra
 from .._io import prompt_token_ids
 from .._logging import get_logger
 from .._streams import iterate
-from .._types import ChatRequest, Completion, Delta, Message, Sample, Usage
+from .._types import ChatRequest, Completion, Delta, Message, Sample, TokenLogprob, Usage
 from ._base import Engine, EngineStream, StreamItem
 
 __all__ = ("VLLMEngine", "check_model")
@@ -92,6 +92,25 @@ def check_model(model: str) -> None:
             "path of a model folder",
             path="model",
         ) from None
+
+
+def _logprobs(token_ids: Sequence[int], positions: Any, k: int | None) -> tuple[TokenLogprob, ...] | None:
+    """Log probabilities from vLLM's, or None when none were asked for.
+
+    vLLM gives, per position, ``{token id: Logprob}`` holding the ``k`` most likely tokens (ranks 1..k)
+    and the generated one (whatever its rank).
+    """
+    if positions is None or k is None:
+        return None
+    out = []
+    for chosen, entries in zip(token_ids, positions, strict=False):
+        ranked = sorted(
+            (e for e in entries.values() if e.rank is not None and e.rank <= k), key=lambda e: e.rank
+        )
+        mine = entries[chosen]
+        top = [(e.decoded_token or "", e.logprob) for e in ranked]
+        out.append(TokenLogprob(mine.decoded_token or "", mine.logprob, top))
+    return tuple(out)
 
 
 def _build_llm(vllm: Any, args: Any) -> Any:
@@ -236,6 +255,11 @@ class VLLMEngine(Engine):
         return list(ids)
 
     @property
+    def supports_logprobs(self) -> bool:
+        """True: vLLM gives the log probabilities of generated tokens and their top alternatives."""
+        return True
+
+    @property
     def context_window(self) -> int | None:
         """The engine's ``max_model_len`` (after start)."""
         return self._max_model_len or None
@@ -273,6 +297,7 @@ class VLLMEngine(Engine):
             seed=s.seed,
             stop=list(s.stop) or None,
             stop_token_ids=[eos] if eos is not None else None,
+            logprobs=s.logprobs,
             output_kind=kinds.DELTA if streaming else kinds.FINAL_ONLY,
         )
 
@@ -294,6 +319,7 @@ class VLLMEngine(Engine):
         llm = self.llm
         prompt_ids = self.prompt_token_ids(request)
         params = self._sampling_params(request, len(prompt_ids), streaming=False)
+        k = request.sampling.logprobs
         lora = self._lora_request(request.lora)
         final = None
         outputs = llm.generate({"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex, lora_request=lora)
@@ -306,7 +332,7 @@ class VLLMEngine(Engine):
         if final is None:
             raise EngineError(f"engine {self.name!r} returned no output")
         samples = tuple(
-            Sample(o.index, o.text, o.finish_reason, len(o.token_ids))
+            Sample(o.index, o.text, o.finish_reason, len(o.token_ids), _logprobs(o.token_ids, o.logprobs, k))
             for o in sorted(final.outputs, key=lambda o: o.index)
         )
         completion_tokens = sum(s.completion_tokens for s in samples)
@@ -320,11 +346,13 @@ class VLLMEngine(Engine):
         llm = self.llm
         prompt_ids = self.prompt_token_ids(request)
         params = self._sampling_params(request, len(prompt_ids), streaming=True)
+        k = request.sampling.logprobs
         lora = self._lora_request(request.lora)
         request_id = uuid.uuid4().hex
         texts: dict[int, list[str]] = {i: [] for i in range(request.sampling.n)}
         tokens = dict.fromkeys(texts, 0)
         reasons: dict[int, str | None] = dict.fromkeys(texts)
+        logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in texts}
         cached = 0
         outputs = llm.generate({"prompt_token_ids": prompt_ids}, params, request_id, lora_request=lora)
         try:
@@ -333,6 +361,7 @@ class VLLMEngine(Engine):
                     cached = output.num_cached_tokens or cached
                     for sample in output.outputs:
                         tokens[sample.index] += len(sample.token_ids)
+                        logprobs[sample.index] += _logprobs(sample.token_ids, sample.logprobs, k) or ()
                         if sample.finish_reason is not None:
                             reasons[sample.index] = sample.finish_reason
                         if sample.text:
@@ -340,5 +369,8 @@ class VLLMEngine(Engine):
                             yield Delta(sample.index, sample.text)
         except Exception as exc:
             raise EngineError(f"engine {self.name!r} failed: {exc!r}") from exc
-        samples = tuple(Sample(i, "".join(texts[i]), reasons[i], tokens[i]) for i in sorted(texts))
+        samples = tuple(
+            Sample(i, "".join(texts[i]), reasons[i], tokens[i], None if k is None else tuple(logprobs[i]))
+            for i in sorted(texts)
+        )
         yield Completion(samples, Usage(len(prompt_ids), sum(tokens.values()), cached, 1))

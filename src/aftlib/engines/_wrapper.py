@@ -46,6 +46,11 @@ class WrapperEngine(Engine):
         return self.inner.supports_n
 
     @property
+    def supports_logprobs(self) -> bool:
+        """Whether the inner engine gives log probabilities."""
+        return self.inner.supports_logprobs
+
+    @property
     def context_window(self) -> int | None:
         """The inner engine's context window."""
         return self.inner.context_window

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 import tracemalloc
@@ -36,8 +37,8 @@ class SoakReport:
         failed_agents: Agents that gave no candidates, summed over records, by reason.
         leaked_tasks: Tasks still running after the run, beyond those running before it.
         in_flight: Requests still open in the engines after the run.
-        memory_growth_mb: Traced memory at the end minus at the first tenth of the records (None when
-            memory is not traced): what the run keeps per record.
+        memory_growth_mb: Traced memory at the end minus at the first tenth of the records, each read
+            after a garbage collection (None when memory is not traced): what the run keeps per record.
         peak_memory_mb: Peak traced memory during the run (None when memory is not traced).
         elapsed: Wall-clock seconds.
     """
@@ -97,6 +98,7 @@ async def soak(
             requests += len(engine.requests)
             engine.requests.clear()
         if trace_memory and progress.finished == max(records // 10, 1):
+            gc.collect()  # count what the run keeps, not cyclic garbage (failed requests' tracebacks)
             marks.append(tracemalloc.get_traced_memory()[0])
 
     before = len(anyio.get_running_tasks())
@@ -106,6 +108,7 @@ async def soak(
     try:
         async with topology:
             await Runner(topology, source, output, concurrency=64, on_progress=on_progress).run()
+        gc.collect()
         current, peak = tracemalloc.get_traced_memory() if trace_memory else (0, 0)
     finally:
         if trace_memory:
