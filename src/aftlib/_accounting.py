@@ -140,6 +140,8 @@ def usage_dict(usage: Usage, cost: float | None = None) -> dict[str, Any]:
         "cached_tokens": usage.cached_tokens,
         "requests": usage.requests,
     }
+    if usage.reused_tokens:
+        out["reused_tokens"] = usage.reused_tokens
     if cost is not None:
         out["cost"] = round(cost, 8)
     return out

@@ -52,6 +52,7 @@ def _request_dict(layer: int, agent: str, request: ChatRequest) -> dict[str, Any
             "n": s.n,
             "seed": s.seed,
             "stop": list(s.stop),
+            "logprobs": s.logprobs,
         },
         "lora": request.lora,
     }

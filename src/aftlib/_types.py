@@ -212,12 +212,15 @@ class Usage:
         completion_tokens: Generated tokens over all samples.
         cached_tokens: Prompt tokens served from the engine's prefix cache.
         requests: How many engine requests these counts add up.
+        reused_tokens: Completion tokens served from a request cache instead of generated
+            (:class:`~aftlib.engines.CachingEngine`); not part of ``completion_tokens``.
     """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     requests: int = 0
+    reused_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -230,6 +233,7 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
             self.requests + other.requests,
+            self.reused_tokens + other.reused_tokens,
         )
 
     @staticmethod

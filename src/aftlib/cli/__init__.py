@@ -17,6 +17,7 @@ import click
 
 from ._common import exit_status, quiet_engine_loggers, shield_engine_process, signals_raise, verbose_option
 from ._data import data
+from ._eval import eval_command
 from ._run import demo, run
 from ._train import train_command
 
@@ -53,6 +54,7 @@ app.add_command(run)
 app.add_command(demo)
 app.add_command(data)
 app.add_command(train_command)
+app.add_command(eval_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from .._errors import ConfigError
 from .._topology import Topology
 from .._types import SamplingParams
 from ._converter import config_class
+from ._engines import EngineHook, build_engine
 
 __all__ = ("AftConfig", "GenerationParams")
 
@@ -89,8 +90,12 @@ class AftConfig:
     vllm_seed: int | None = None
     engine_args: dict[str, Any] = field(factory=dict, validator=_engine_args)
 
-    def topology(self) -> Topology:
-        """Build the AFT topology on a (not yet started) :class:`~aftlib.engines.VLLMEngine`."""
+    def topology(self, *, engine_hook: EngineHook | None = None) -> Topology:
+        """Build the AFT topology on a (not yet started) :class:`~aftlib.engines.VLLMEngine`.
+
+        Args:
+            engine_hook: Gives the engine instead of building a new one (see ``EngineHook``).
+        """
         from ..engines import VLLMEngine
         from ..presets import aft
 
@@ -98,8 +103,9 @@ class AftConfig:
         args = dict(self.engine_args)
         if self.vllm_seed is not None:
             args.setdefault("seed", self.vllm_seed)
+        data = {"vllm": self.model_name, "engine_args": args}
         return aft(
-            VLLMEngine(self.model_name, **args),
+            build_engine(engine_hook, data, lambda: VLLMEngine(self.model_name, **args)),
             n=g.n,
             num_aggregation=self.num_aggregation,
             temperature=g.temperature,

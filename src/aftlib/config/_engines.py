@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -197,6 +197,21 @@ class FakeEngineSpec:
 
 EngineSpec = VLLMEngineSpec | OpenAIEngineSpec | FakeEngineSpec
 """One entry under ``engines:``, chosen by its ``type``."""
+
+EngineHook = Callable[[str, Callable[[], Engine]], Engine]
+"""``hook(key, build)`` gives the engine of one config entry: ``key`` is a digest of the entry (its name and
+settings; equal entries, equal keys) and ``build()`` makes it. A sweep shares one engine per key, and
+``aftlib run --cache`` wraps each one."""
+
+
+def build_engine(hook: EngineHook | None, data: Any, build: Callable[[], Engine]) -> Engine:
+    """``build()``, or what ``hook`` gives for the entry described by the JSON-ready ``data``."""
+    if hook is None:
+        return build()
+    from .._io import fingerprint
+
+    return hook(fingerprint(data), build)
+
 
 _TYPES: dict[str, type[VLLMEngineSpec | OpenAIEngineSpec | FakeEngineSpec]] = {
     "vllm": VLLMEngineSpec,

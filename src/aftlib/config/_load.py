@@ -14,6 +14,7 @@ from .._io import read_yaml
 from .._topology import Topology
 from ._aft import AftConfig
 from ._converter import at, closest, structure
+from ._engines import EngineHook
 from ._topology import TopologyConfig
 
 __all__ = ("load", "parse")
@@ -43,7 +44,9 @@ def _kind(data: Mapping[Any, Any], source: str | None) -> type[AftConfig | Topol
     )
 
 
-def parse(data: Any, *, source: str | None = None, base: Path | None = None) -> Topology:
+def parse(
+    data: Any, *, source: str | None = None, base: Path | None = None, engine_hook: EngineHook | None = None
+) -> Topology:
     """Build a topology from config data already read from YAML or JSON.
 
     A mapping with ``model_name`` is the AFT reference config; one with ``engines``, ``agents``,
@@ -54,6 +57,8 @@ def parse(data: Any, *, source: str | None = None, base: Path | None = None) -> 
         source: Where it came from, for error messages.
         base: The folder that template directories are relative to (the config file's folder); None for
             the current folder.
+        engine_hook: Gives each engine instead of building a new one: ``engine_hook(key, build)`` with ``key``
+            a digest of the engine's entry (see ``EngineHook``); None builds every engine.
 
     Raises:
         ConfigError: The config is malformed; the error names the key path.
@@ -62,10 +67,12 @@ def parse(data: Any, *, source: str | None = None, base: Path | None = None) -> 
         raise ConfigError(f"a config is a mapping of keys, got {type(data).__name__}", source=source)
     config = structure(data, _kind(data, source), source=source)
     with at(source=source):
-        return config.topology(base) if isinstance(config, TopologyConfig) else config.topology()
+        if isinstance(config, TopologyConfig):
+            return config.topology(base, engine_hook=engine_hook)
+        return config.topology(engine_hook=engine_hook)
 
 
-def load(path: str | os.PathLike[str]) -> Topology:
+def load(path: str | os.PathLike[str], *, engine_hook: EngineHook | None = None) -> Topology:
     """Read a YAML config file and build its topology (engines not started yet).
 
     Use the result as ``async with aftlib.config.load("aft.yaml") as topology:``, which starts the
@@ -74,4 +81,4 @@ def load(path: str | os.PathLike[str]) -> Topology:
     Raises:
         ConfigError: The file is missing or unreadable, is not valid YAML, or is not a valid config.
     """
-    return parse(read_yaml(path), source=str(path), base=Path(path).resolve().parent)
+    return parse(read_yaml(path), source=str(path), base=Path(path).resolve().parent, engine_hook=engine_hook)

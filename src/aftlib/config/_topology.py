@@ -8,9 +8,11 @@ The file's mappings are structured into :class:`TopologyConfig` by the shared co
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 from attrs import field, frozen
 
 from .._agents import Agent, Aggregator, Proposer, SequentialAggregator
@@ -20,7 +22,7 @@ from .._topology import Layer, Topology
 from .._types import SamplingParams
 from ..engines._base import Engine
 from ._converter import at, config_class, converter, did_you_mean, kind_of
-from ._engines import EngineSpec
+from ._engines import EngineHook, EngineSpec, build_engine
 
 __all__ = ("AgentConfig", "LayerConfig", "TopologyConfig")
 
@@ -100,21 +102,23 @@ class TopologyConfig:
     final: str
     template_dirs: list[str] | None = None
 
-    def topology(self, base: Path | None = None) -> Topology:
+    def topology(self, base: Path | None = None, *, engine_hook: EngineHook | None = None) -> Topology:
         """Build the engines (not started), the agents and the topology.
 
         Args:
             base: The folder relative paths are read from (the config file's); None for the current one.
+            engine_hook: Gives each entry's engine instead of building a new one (see ``EngineHook``).
 
         Raises:
             ConfigError: Names the key path of what does not fit (an undefined agent, a bad role, ...).
         """
-        folder = Path.cwd() if base is None else base
+        hook, folder = engine_hook, Path.cwd() if base is None else base
         dirs = [folder] if self.template_dirs is None else [folder / d for d in self.template_dirs]
         engines: dict[str, Engine] = {}
         for name, entry in self.engines.items():
             with at(f"engines.{name}"):
-                engines[name] = entry.build(name)
+                data = {"name": name, "spec": attrs.asdict(entry)}
+                engines[name] = build_engine(hook, data, partial(entry.build, name))
         agents = {name: self._agent(name, spec, engines, dirs) for name, spec in self.agents.items()}
         if not self.layers:
             raise ConfigError("a topology needs at least one layer before the final agent", path="layers")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .._util import publish as _publish
 from ._base import Engine, EngineStream, StreamItem, collect
+from ._cache import CachingEngine
 from ._fake import FakeEngine
 from ._limited import LimitedEngine
 from ._openai import OpenAIEngine
@@ -24,6 +25,7 @@ from ._wrapper import WrapperEngine
 
 __all__ = (
     "TRANSIENT",
+    "CachingEngine",
     "Engine",
     "EnginePool",
     "EngineStream",

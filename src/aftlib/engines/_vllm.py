@@ -64,7 +64,7 @@ def check_model(model: str) -> None:
         folder = Path(model).expanduser()
         if not (folder / "config.json").is_file():
             why = "no config.json" if folder.is_dir() else "no such folder"
-            raise ConfigError(f"no model at {model} ({why})", path="model")
+            raise ConfigError(f"no model at {model} ({why})")
         return
     try:
         import huggingface_hub
@@ -79,7 +79,6 @@ def check_model(model: str) -> None:
         raise ConfigError(
             f"model {model} is not on this machine: it is neither a folder nor in the Hugging Face cache "
             f"({cache}), and HF_HUB_OFFLINE is set",
-            path="model",
         )
     try:
         huggingface_hub.model_info(model, timeout=10)
@@ -90,7 +89,6 @@ def check_model(model: str) -> None:
             f"model {model} is not on this machine (not a folder, not in the Hugging Face cache at {cache}) "
             f"and the hub cannot be reached ({type(exc).__name__}: {exc}); download it first or give the "
             "path of a model folder",
-            path="model",
         ) from None
 
 

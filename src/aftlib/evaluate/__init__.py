@@ -11,8 +11,29 @@ from .._util import publish as _publish
 from ._judge import EvalItem, EvalSummary, Judge, Judgment, mean_and_standard_error
 
 # --- judges of pairwise and graded answers (AlpacaEval, MT-Bench) ---
+from ._alpaca import AlpacaEvalJudge, alpaca_eval_preference, alpaca_eval_switched
+from ._mtbench import REFERENCE_CATEGORIES, MTBenchJudge, mt_bench_rating
 
 # --- answer extraction, the math judge, answers files and the eval runner ---
+from ._answers import (
+    ANSWER_LAYOUTS,
+    Answer,
+    AnswersFile,
+    GoldAnswers,
+    Joined,
+    Question,
+    join_alpaca_eval,
+    join_math,
+    join_mt_bench,
+    read_answers,
+    read_baseline,
+    read_gold,
+    read_questions,
+    read_references,
+)
+from ._evaluation import EvalReport, Evaluation, eval_path, judge_settings
+from ._extract import STRATEGIES, AnswerExtractor, Extracted, normalize_answer
+from ._math import MathJudge, answers_match
 
 # --- the request cache and sweeps ---
 
@@ -22,6 +43,38 @@ __all__ = (
     "Judge",
     "Judgment",
     "mean_and_standard_error",
+    # judges of pairwise and graded answers (AlpacaEval, MT-Bench)
+    "REFERENCE_CATEGORIES",
+    "AlpacaEvalJudge",
+    "MTBenchJudge",
+    "alpaca_eval_preference",
+    "alpaca_eval_switched",
+    "mt_bench_rating",
+    # answer extraction, the math judge, answers files and the eval runner
+    "ANSWER_LAYOUTS",
+    "STRATEGIES",
+    "Answer",
+    "AnswerExtractor",
+    "AnswersFile",
+    "EvalReport",
+    "Evaluation",
+    "Extracted",
+    "GoldAnswers",
+    "Joined",
+    "MathJudge",
+    "Question",
+    "answers_match",
+    "eval_path",
+    "join_alpaca_eval",
+    "join_math",
+    "join_mt_bench",
+    "judge_settings",
+    "normalize_answer",
+    "read_answers",
+    "read_baseline",
+    "read_gold",
+    "read_questions",
+    "read_references",
 )
 
 _publish(globals(), __name__)
