@@ -23,7 +23,7 @@ DATA = Path(__file__).parent / "data"
 
 
 def test_aftlib_output_skips_and_counts_error_records() -> None:
-    """aftlib's JSONL: done records become answers (ids as strings), error records are counted apart."""
+    """The JSONL of aftlib run: done records become answers (ids as strings), errors are counted apart."""
     answers = read_answers(DATA / "eval_math_answers.jsonl")
     assert answers.layout == "aftlib"
     assert [a.id for a in answers.answers] == ["1", "2", "3", "4"]
@@ -31,7 +31,8 @@ def test_aftlib_output_skips_and_counts_error_records() -> None:
     assert answers.bad == ()
     first = answers.answers[0]
     assert first.outputs[-1].endswith("#### 18")
-    assert first.question is not None and first.question.startswith("Janet")
+    assert first.question is not None
+    assert first.question.startswith("Janet")
     assert first.turns == (first.question,)
 
 
@@ -39,19 +40,19 @@ def test_aftlib_multi_turn_output_keeps_every_response(tmp_path: Path) -> None:
     """A multi-turn aftlib record gives one output per turn, its turns from the input fields."""
     path = tmp_path / "out.jsonl"
     path.write_text(
-            json.dumps(
-                {
-                    "question_id": 81,
-                    "category": "writing",
-                    "turns": ["t1", "t2"],
-                    "id": 81,
-                    "status": "done",
-                    "response": "a2",
-                    "responses": ["a1", "a2"],
-                }
-            )
-            + "\n"
+        json.dumps(
+            {
+                "question_id": 81,
+                "category": "writing",
+                "turns": ["t1", "t2"],
+                "id": 81,
+                "status": "done",
+                "response": "a2",
+                "responses": ["a1", "a2"],
+            }
         )
+        + "\n"
+    )
     answer = read_answers(path).answers[0]
     assert answer.outputs == ("a1", "a2")
     assert answer.turns == ("t1", "t2")
@@ -62,7 +63,8 @@ def test_alpaca_eval_layout_and_join_counts() -> None:
     answers = read_answers(DATA / "eval_alpaca_answers.json")
     assert answers.layout == "alpaca_eval"
     baseline, bad = read_baseline(DATA / "eval_alpaca_baseline.json")
-    assert bad == () and len(baseline) == 3
+    assert bad == ()
+    assert len(baseline) == 3
     joined = join_alpaca_eval(answers, baseline)
     assert joined.counts() == {"matched": 2, "missing": 1, "extra": 1}
     first = joined.items[0]
@@ -89,16 +91,21 @@ def test_model_answer_layout_and_mt_bench_join() -> None:
     assert [a.id for a in answers.answers] == ["81", "101", "999"]
     assert answers.answers[0].generator == "tiny"
     questions, bad = read_questions(DATA / "eval_mt_questions.jsonl")
-    assert bad == () and set(questions) == {"81", "101", "111"}
+    assert bad == ()
+    assert set(questions) == {"81", "101", "111"}
     references, bad = read_references(DATA / "eval_mt_references.jsonl")
-    assert bad == () and set(references) == {"101", "111"}
+    assert bad == ()
+    assert set(references) == {"101", "111"}
     joined = join_mt_bench(answers, questions, references)
     assert joined.counts() == {"matched": 2, "missing": 1, "extra": 1}
     writing, reasoning = joined.items
-    assert writing.category == "writing" and writing.reference == ()
-    assert len(writing.turns) == 2 and writing.answers == ("first answer to 81", "second answer to 81")
+    assert writing.category == "writing"
+    assert writing.reference == ()
+    assert len(writing.turns) == 2
+    assert writing.answers == ("first answer to 81", "second answer to 81")
     assert reasoning.category == "reasoning"
-    assert reasoning.reference == references["101"] and len(reasoning.reference) == 2
+    assert reasoning.reference == references["101"]
+    assert len(reasoning.reference) == 2
 
 
 def test_mt_bench_reference_missing_is_noted() -> None:
@@ -125,11 +132,12 @@ def test_math_join_by_question_text_and_by_id(tmp_path: Path) -> None:
     )
     by_id = join_math(answers, read_gold(with_ids))
     assert by_id.counts() == {"matched": 1, "missing": 1, "extra": 3}
-    assert by_id.items[0].id == "2" and by_id.items[0].reference == ("#### 3",)
+    assert by_id.items[0].id == "2"
+    assert by_id.items[0].reference == ("#### 3",)
 
 
 def test_math_join_without_references_uses_each_answer_field(tmp_path: Path) -> None:
-    """Without references, an aftlib record's own ``answer`` field is its gold; records without one are extra."""
+    """Without references, a record's own ``answer`` field is its gold; records without one are extra."""
     path = tmp_path / "out.jsonl"
     rows = [
         {"id": 1, "prompt": "q1", "answer": "#### 4", "status": "done", "response": "4"},
@@ -172,7 +180,9 @@ def test_bad_lines_of_questions_references_and_gold(tmp_path: Path) -> None:
     """Questions, references and gold files report their bad lines the same way."""
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps({"question_id": 1, "turns": []}) + "\n")
-    assert str(read_questions(questions)[1][0]) == f"{questions}:1: 'turns' must be a non-empty list of strings"
+    assert (
+        str(read_questions(questions)[1][0]) == f"{questions}:1: 'turns' must be a non-empty list of strings"
+    )
     references = tmp_path / "r.jsonl"
     references.write_text(json.dumps({"question_id": 1, "choices": []}) + "\n")
     assert "'choices' must be a non-empty list" in str(read_references(references)[1][0])

@@ -189,3 +189,39 @@ async def test_logprobs_survive_the_cache(tmp_path: Path) -> None:
     hit = await engine.generate(_request(logprobs=1))
     assert hit.usage.requests == 0
     assert hit.samples[0].logprobs == fresh.samples[0].logprobs is not None
+
+
+def test_aftlib_run_cache_reuses_seeded_requests_across_runs(tmp_path: Path) -> None:
+    """``aftlib run --cache DIR``: a second run reuses the seeded drafts only; --cache-unseeded reuses all."""
+    import yaml
+
+    from aftlib.cli import main
+
+    topology = {
+        "engines": {"model": {"type": "fake"}},
+        "agents": {
+            "draft": {"engine": "model", "sampling": {"n": 2, "seed": 7}},
+            "final": {"role": "aggregator", "engine": "model"},
+        },
+        "layers": [["draft"]],
+        "final": "final",
+    }
+    (tmp_path / "moa.yaml").write_text(yaml.safe_dump(topology))
+    (tmp_path / "in.jsonl").write_text('{"prompt": "one"}\n{"prompt": "two"}\n')
+
+    def run(name: str, *extra: str) -> list[dict[str, object]]:
+        args = ["run", "--config", str(tmp_path / "moa.yaml"), "--input", str(tmp_path / "in.jsonl")]
+        args += ["--output", str(tmp_path / name), "--cache", str(tmp_path / "cache"), *extra]
+        assert main(args) == 0
+        return [json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+
+    first = run("a.jsonl")
+    assert all(line["usage"]["reused_tokens"] == 0 for line in first)  # type: ignore[index]
+    second = run("b.jsonl")
+    for line, before in zip(second, first, strict=True):
+        usage: dict[str, int] = line["usage"]  # type: ignore[assignment]
+        assert usage["reused_tokens"] > 0  # the seeded drafts
+        assert usage["requests"] == 1  # the unseeded final aggregation was generated again
+        assert line["response"] == before["response"]
+    third = run("c.jsonl", "--cache-unseeded")
+    assert all(line["usage"]["requests"] == 0 for line in third)  # type: ignore[index]

@@ -38,7 +38,7 @@ def test_hashes_take_the_text_after_the_last_marker(text: str, answer: str) -> N
     ],
 )
 def test_the_answer_is_forms(text: str, answer: str) -> None:
-    """"The answer is N" and "the final answer is N", any case, the last one, units and $ dropped."""
+    """Forms "The answer is N" and "the final answer is N", any case, the last one, units and $ dropped."""
     assert AnswerExtractor(strategies=("the answer is",)).extract(text).answer == answer
 
 
@@ -52,7 +52,7 @@ def test_the_answer_is_forms(text: str, answer: str) -> None:
     ],
 )
 def test_boxed_takes_the_last_box_with_balanced_braces(text: str, answer: str) -> None:
-    """``boxed``: the last ``\\boxed{...}`` with nested braces kept whole."""
+    r"""``boxed``: the last ``\boxed{...}`` with nested braces kept whole."""
     assert AnswerExtractor(strategies=("boxed",)).extract(text).answer == answer
 
 
@@ -132,7 +132,9 @@ def test_strategies_are_tried_in_order() -> None:
     text = "Step: 3 + 4 = 7.\n#### 7\nAlso 99"
     assert AnswerExtractor(strategies=("####", "last_number")).extract(text).answer == "7"
     assert AnswerExtractor(strategies=("last_number", "####")).extract(text).answer == "99"
-    assert AnswerExtractor(strategies=("boxed", "last_number")).extract("no box, 12").strategy == "last_number"
+    assert (
+        AnswerExtractor(strategies=("boxed", "last_number")).extract("no box, 12").strategy == "last_number"
+    )
 
 
 def test_strict_match_is_hashes_then_the_answer_is() -> None:
@@ -154,7 +156,8 @@ def test_span_points_at_the_raw_answer() -> None:
     assert text[found.span[0] : found.span[1]] == "1,234.50 total"
     assert found.answer == "1234.5"
     number = AnswerExtractor.flexible_extract().extract(text)
-    assert number.span is not None and text[number.span[0] : number.span[1]] == "1,234.50"
+    assert number.span is not None
+    assert text[number.span[0] : number.span[1]] == "1,234.50"
 
 
 def test_no_answer_is_an_empty_extraction() -> None:

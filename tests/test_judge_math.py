@@ -76,7 +76,7 @@ async def test_right_wrong_and_unextractable_answers() -> None:
     ],
 )
 async def test_symbolic_equality(answer: str, gold: str) -> None:
-    """Equal values in other forms match through math-verify: ``\\frac{1}{2}`` and ``0.5``."""
+    r"""Equal values in other forms match through math-verify: ``\frac{1}{2}`` and ``0.5``."""
     judgment = await MathJudge().judge(item(answer, gold))
     assert judgment.score == 1.0
     assert judgment.details["match"] == "symbolic"
@@ -84,7 +84,7 @@ async def test_symbolic_equality(answer: str, gold: str) -> None:
 
 @pytest.mark.anyio
 async def test_symbolically_different_answers_do_not_match() -> None:
-    """``\\frac{1}{3}`` is not ``0.5``; ``x+1`` is not ``x+2``."""
+    r"""``\frac{1}{3}`` is not ``0.5``; ``x+1`` is not ``x+2``."""
     judge = MathJudge()
     assert (await judge.judge(item(r"\boxed{\frac{1}{3}}", "#### 0.5"))).score == 0.0
     assert (await judge.judge(item(r"\boxed{x+1}", r"\boxed{x+2}"))).score == 0.0
@@ -105,7 +105,8 @@ async def test_extractors_are_configurable() -> None:
     assert (await MathJudge().judge(item(loose, record["answer"]))).score == 1.0
     strict = MathJudge(extractor=AnswerExtractor.strict_match())
     failed = await strict.judge(item(loose, record["answer"]))
-    assert failed.score is None and failed.details["extraction_failed"] is True
+    assert failed.score is None
+    assert failed.details["extraction_failed"] is True
     choice = MathJudge(
         extractor=AnswerExtractor(strategies=("choice",)),
         gold_extractor=AnswerExtractor(strategies=("text",)),

@@ -18,7 +18,7 @@ import typing
 
 from . import engines, presets
 from ._accounting import Price, PriceTable
-from ._agents import Agent, Aggregator, Proposer, SequentialAggregator
+from ._agents import Agent, Aggregator, ModelAgent, Proposer, SequentialAggregator
 from ._errors import (
     AftError,
     ConfigError,
@@ -85,6 +85,7 @@ __all__ = (
     "LayerResult",
     "Message",
     "MissingExtraError",
+    "ModelAgent",
     "Price",
     "PriceTable",
     "PromptTemplate",

@@ -139,9 +139,8 @@ def usage_dict(usage: Usage, cost: float | None = None) -> dict[str, Any]:
         "completion_tokens": usage.completion_tokens,
         "cached_tokens": usage.cached_tokens,
         "requests": usage.requests,
+        "reused_tokens": usage.reused_tokens,
     }
-    if usage.reused_tokens:
-        out["reused_tokens"] = usage.reused_tokens
     if cost is not None:
         out["cost"] = round(cost, 8)
     return out
@@ -165,8 +164,11 @@ class Ledger:
     def __attrs_post_init__(self) -> None:
         for index, layer in enumerate(self.topology.layers):
             for agent in layer.agents:
-                self._engines[(index, agent.name)] = agent.engine
-        self._engines[(len(self.topology.layers), self.topology.final.name)] = self.topology.final.engine
+                if agent.engines:
+                    self._engines[(index, agent.name)] = agent.engines[0]
+        final = self.topology.final
+        if final.engines:
+            self._engines[(len(self.topology.layers), final.name)] = final.engines[0]
 
     def add(self, result: Result) -> None:
         """Count one result's usage and failed agents."""
@@ -203,6 +205,8 @@ class Ledger:
             return None
         total = 0.0
         for key, used in usage.items():
+            if key not in self._engines:  # an agent that asks no engine (a vote) costs nothing
+                continue
             price = self._price(key)
             if price is None:
                 return None

@@ -1,15 +1,23 @@
-"""Agents: an engine, a prompt template and sampling parameters."""
+"""Agents: what a topology runs. Most are an engine, a prompt template and sampling parameters.
+
+:class:`Agent` is the base of everything a layer holds: it reads the conversation (an aggregator also
+the previous layer's candidates) and gives candidates. :class:`ModelAgent` asks an engine:
+:class:`Proposer`, :class:`Aggregator` and :class:`SequentialAggregator` are model agents, and so are the
+selection strategies of :mod:`aftlib._strategies`; :class:`~aftlib.Vote` asks no engine.
+"""
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import inspect
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import anyio
 import attrs
-from attrs import define, field
+from attrs import define, evolve, field, frozen
 
 from ._budget import fit
 from ._errors import ConfigError
@@ -17,9 +25,19 @@ from ._logging import context, get_logger
 from ._results import Candidate, CandidateDone, Event, TokenDelta
 from ._templates import PromptTemplate, as_template
 from ._types import ChatRequest, Completion, Cut, Delta, Message, SamplingParams, Usage
+from ._util import unwrap_group
 from .engines._base import Engine
 
-__all__ = ("Agent", "Aggregator", "Emit", "Proposer", "SequentialAggregator", "emitter")
+__all__ = (
+    "Agent",
+    "Aggregator",
+    "Emit",
+    "ModelAgent",
+    "Proposer",
+    "SequentialAggregator",
+    "Subset",
+    "emitter",
+)
 
 Emit = Callable[[Event], Awaitable[None]]
 EventCallback = Callable[[Event], "Awaitable[object] | object"]
@@ -39,8 +57,69 @@ def emitter(on_event: EventCallback | None) -> Emit | None:
 
 
 @define(eq=False)
-class Agent:
-    """An engine, a template and sampling parameters: one node of a topology.
+class Agent(abc.ABC):
+    """One node of a topology: it gives candidates for a conversation.
+
+    An aggregator (:attr:`reads_references`) also reads the previous layer's candidates.
+
+    Attributes:
+        name: The agent's name in results and events; unique within its layer.
+    """
+
+    reads_references: ClassVar[bool] = False
+    """Whether the agent reads the previous layer's candidates (an aggregator) or not (a proposer)."""
+
+    name: str = field(kw_only=True)
+
+    @property
+    def samples(self) -> int:
+        """The candidates the agent gives per run."""
+        return 1
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """The engines the agent sends requests to."""
+        return ()
+
+    def generations(self, references: int) -> int:
+        """Samples the agent's engines generate when it reads ``references`` references."""
+        return 0
+
+    def describe(self) -> dict[str, Any]:
+        """What decides the agent's answers, as JSON (for fingerprints and data cards)."""
+        return {"class": type(self).__name__, "name": self.name}
+
+    @abc.abstractmethod
+    async def run(
+        self,
+        conversation: Sequence[Message],
+        references: Sequence[str],
+        *,
+        layer: int,
+        emit: Emit | None,
+        is_answer: bool = False,
+    ) -> tuple[tuple[Candidate, ...], Completion]:
+        """Give the agent's candidates for ``conversation`` (and the previous layer's ``references``).
+
+        Returns:
+            The candidates, in sample order, and what its engines returned (samples and usage).
+        """
+
+
+def _engine_model(engine: Engine) -> str | None:
+    inner: Any = engine
+    while inner is not None:
+        model = getattr(inner, "model", None)
+        if isinstance(model, str):
+            return model
+        replicas = getattr(inner, "replicas", None)
+        inner = getattr(inner, "inner", None) or (replicas[0] if replicas else None)
+    return None
+
+
+@define(eq=False)
+class ModelAgent(Agent):
+    """An engine, a template and sampling parameters: an agent whose candidates a model writes.
 
     Use :class:`Proposer` (drafts from the conversation alone) or :class:`Aggregator` (reads the previous
     layer's candidates).
@@ -48,18 +127,38 @@ class Agent:
     Attributes:
         engine: The engine that generates. Many agents may share one.
         sampling: How to sample; ``sampling.n`` samples come from one engine request.
-        template: The prompt template (a built-in name or a ``.j2`` path) that renders the system message.
+        template: The prompt template (a built-in name or a ``.j2`` path): it renders the system message,
+            and with a ``user`` block the last user turn too.
         name: The agent's name in results and events; unique within its layer.
         lora: A LoRA adapter name, for engines that serve adapters.
     """
-
-    reads_references: ClassVar[bool] = False
 
     engine: Engine
     sampling: SamplingParams = field(factory=SamplingParams, kw_only=True)
     template: PromptTemplate = field(converter=as_template, kw_only=True)
     name: str = field(kw_only=True)
     lora: str | None = field(default=None, kw_only=True)
+
+    @property
+    def samples(self) -> int:
+        """``sampling.n``."""
+        return self.sampling.n
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """The agent's engine."""
+        return (self.engine,)
+
+    def describe(self) -> dict[str, Any]:
+        """Class, name, engine and model, template, sampling and LoRA adapter."""
+        return {
+            **super().describe(),
+            "engine": self.engine.name,
+            "model": _engine_model(self.engine),
+            "template": self.template.name,
+            "sampling": attrs.asdict(self.sampling),
+            "lora": self.lora,
+        }
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.engine, Engine):
@@ -89,13 +188,16 @@ class Agent:
         Returns:
             The request and the references cut to fit (each an :class:`~aftlib.Cut`), if any.
         """
-        refs = references if self.reads_references else ()
+        return self._fit(conversation, references if self.reads_references else (), self.sampling)
 
+    def _fit(
+        self, conversation: Sequence[Message], references: Sequence[str], sampling: SamplingParams
+    ) -> tuple[ChatRequest, tuple[Cut, ...]]:
         def build(texts: Sequence[str]) -> list[Message]:
             return self.template.messages(conversation, texts)
 
-        messages, sampling, cuts = fit(self.engine, build, refs, self.sampling)
-        return ChatRequest(messages, sampling, self.lora), cuts
+        messages, fitted, cuts = fit(self.engine, build, references, sampling)
+        return ChatRequest(messages, fitted, self.lora), cuts
 
     async def run(
         self,
@@ -112,55 +214,68 @@ class Agent:
             The candidates, in sample order, and the engine's completion.
         """
         with context(layer=layer, agent=self.name):
-            log = get_logger(__name__)
             request, cuts = self.prepare(conversation, references)
-            if cuts:
-                log.info(
-                    "references cut to fit the context",
-                    cuts=len(cuts),
-                    max_tokens=request.sampling.max_tokens,
-                )
-            log.debug("request", n=request.sampling.n, references=len(references))
-            completion: Completion | None = None
-            if emit is None:  # no one watches the tokens: let the engine skip streaming them
-                completion = await self.engine.generate(request)
-            else:
-                async with self.engine.stream(request) as items:
-                    async for item in items:
-                        if isinstance(item, Delta):
-                            if item.text:
-                                await emit(TokenDelta(layer, self.name, item.index, item.text, is_answer))
-                        else:
-                            completion = item
-            if completion is None:
-                raise RuntimeError(f"engine {self.engine.name!r} ended a stream without a completion")
-            candidates = tuple(
-                Candidate(
-                    layer,
-                    self.name,
-                    s.index,
-                    s.text,
-                    s.finish_reason,
-                    completion.usage.prompt_tokens,
-                    s.completion_tokens,
-                    cuts,
-                    (request,),
-                )
-                for s in sorted(completion.samples, key=lambda s: s.index)
+            return await self._ask(request, cuts, layer=layer, emit=emit, is_answer=is_answer)
+
+    async def _ask(
+        self,
+        request: ChatRequest,
+        cuts: tuple[Cut, ...],
+        *,
+        layer: int,
+        emit: Emit | None,
+        is_answer: bool,
+        index: int = 0,
+        read: tuple[int, ...] | None = None,
+    ) -> tuple[tuple[Candidate, ...], Completion]:
+        """Send ``request`` and make its samples candidates, numbered from ``index``."""
+        log = get_logger(__name__)
+        if cuts:
+            log.info(
+                "references cut to fit the context", cuts=len(cuts), max_tokens=request.sampling.max_tokens
             )
-            if emit is not None:
-                for candidate in candidates:
-                    await emit(CandidateDone(candidate))
-            log.debug(
-                "done",
-                prompt_tokens=completion.usage.prompt_tokens,
-                completion_tokens=completion.usage.completion_tokens,
+        log.debug("request", n=request.sampling.n)
+        completion: Completion | None = None
+        if emit is None:  # no one watches the tokens: let the engine skip streaming them
+            completion = await self.engine.generate(request)
+        else:
+            async with self.engine.stream(request) as items:
+                async for item in items:
+                    if isinstance(item, Delta):
+                        if item.text:
+                            await emit(TokenDelta(layer, self.name, index + item.index, item.text, is_answer))
+                    else:
+                        completion = item
+        if completion is None:
+            raise RuntimeError(f"engine {self.engine.name!r} ended a stream without a completion")
+        candidates = tuple(
+            Candidate(
+                layer,
+                self.name,
+                index + s.index,
+                s.text,
+                s.finish_reason,
+                completion.usage.prompt_tokens,
+                s.completion_tokens,
+                cuts,
+                (request,),
+                read,
             )
-            return candidates, completion
+            for s in sorted(completion.samples, key=lambda s: s.index)
+        )
+        if emit is not None:
+            for candidate in candidates:
+                await emit(CandidateDone(candidate))
+        log.debug(
+            "done",
+            prompt_tokens=completion.usage.prompt_tokens,
+            completion_tokens=completion.usage.completion_tokens,
+        )
+        return candidates, completion
 
 
 @define(eq=False)
-class Proposer(Agent):
+class Proposer(ModelAgent):
     """An agent that drafts from the conversation alone (the AFT proposal prompt by default)."""
 
     template: PromptTemplate = field(
@@ -169,13 +284,61 @@ class Proposer(Agent):
     name: str = field(default="proposer", kw_only=True)
 
 
+def _check_k(_: object, __: object, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(
+            f"subset must be a number of references of at least 1, got {value!r}", path="subset"
+        )
+
+
+def _check_drop(_: object, __: object, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ConfigError(f"drop is a probability in [0, 1), got {value!r}", path="drop")
+
+
+@frozen
+class Subset:
+    """Read a seeded random subset of the previous layer's candidates instead of all of them.
+
+    Each sample of the aggregator reads its own draw (so an aggregator with ``n`` samples sends ``n``
+    requests of one sample each; without a subset it sends one request of ``n``). The draw depends only
+    on ``seed``, the conversation, the layer, the agent and the sample index: the same run reads the same
+    references, and the positions read are recorded on the candidate (:attr:`Candidate.read`).
+
+    Attributes:
+        k: References each sample reads (None: all of them, for ``drop`` alone). It must not exceed the
+            candidates of the layer before (checked when the topology is built).
+        drop: The chance of leaving out each reference read (as moa-llm and mixture-llm offer); one is
+            always kept.
+        seed: Seeds the draws.
+    """
+
+    k: int | None = field(default=None, validator=_check_k)
+    drop: float = field(default=0.0, converter=float, validator=_check_drop)
+    seed: int = 0
+
+    def choose(self, count: int, *key: object) -> tuple[int, ...]:
+        """The positions (ascending) of the references one sample reads, out of ``count``."""
+        digest = hashlib.sha256(repr((self.seed, *key)).encode()).digest()
+        rng = random.Random(digest)
+        picked = (
+            sorted(rng.sample(range(count), min(self.k, count))) if self.k is not None else list(range(count))
+        )
+        if self.drop:
+            kept = [i for i in picked if rng.random() >= self.drop]
+            picked = kept or picked[:1]
+        return tuple(picked)
+
+
 @define(eq=False)
-class Aggregator(Agent):
+class Aggregator(ModelAgent):
     """An agent that reads the previous layer's candidates (the AFT aggregation prompt by default).
 
     Attributes:
         shuffle: A seed to shuffle the references with, per conversation (the same conversation always gets
             the same order); None keeps them in layer order (agent, then sample index).
+        references: Read a seeded random :class:`Subset` of the references per sample instead of all of
+            them (Recursive Self-Aggregation); None reads them all, in one request for the ``n`` samples.
     """
 
     reads_references: ClassVar[bool] = True
@@ -184,11 +347,58 @@ class Aggregator(Agent):
     )
     name: str = field(default="aggregator", kw_only=True)
     shuffle: int | None = field(default=None, kw_only=True)
+    references: Subset | None = field(default=None, kw_only=True)
+
+    def describe(self) -> dict[str, Any]:
+        """As :meth:`ModelAgent.describe`, with the shuffle and the reference subset."""
+        subset = None if self.references is None else attrs.asdict(self.references)
+        return {**super().describe(), "shuffle": self.shuffle, "references": subset}
+
+    def generations(self, references: int) -> int:
+        """``sampling.n``, one per request with a subset."""
+        return self.sampling.n
+
+    async def run(
+        self,
+        conversation: Sequence[Message],
+        references: Sequence[str],
+        *,
+        layer: int,
+        emit: Emit | None,
+        is_answer: bool = False,
+    ) -> tuple[tuple[Candidate, ...], Completion]:
+        """Aggregate all references in one request, or, with a subset, each sample its own draw."""
+        if self.references is None or not references:
+            return await super().run(conversation, references, layer=layer, emit=emit, is_answer=is_answer)
+        subset = self.references
+        with context(layer=layer, agent=self.name):
+            single = evolve(self.sampling, n=1)
+            turns = [m.content for m in conversation]
+            results: dict[int, tuple[tuple[Candidate, ...], Completion]] = {}
+
+            async def one(index: int) -> None:
+                read = subset.choose(len(references), turns, layer, self.name, index)
+                texts = [references[i] for i in read]
+                request, cuts = self._fit(conversation, self.order(conversation, texts), single)
+                results[index] = await self._ask(
+                    request, cuts, layer=layer, emit=emit, is_answer=is_answer, index=index, read=read
+                )
+
+            with unwrap_group():
+                async with anyio.create_task_group() as tg:
+                    for index in range(self.sampling.n):
+                        tg.start_soon(one, index)
+        done = [results[i] for i in sorted(results)]
+        samples = tuple(s for _, completion in done for s in completion.samples)
+        return tuple(c for candidates, _ in done for c in candidates), Completion(
+            tuple(attrs.evolve(sample, index=i) for i, sample in enumerate(samples)),
+            Usage.sum(completion.usage for _, completion in done),
+        )
 
     def prepare(
         self, conversation: Sequence[Message], references: Sequence[str]
     ) -> tuple[ChatRequest, tuple[Cut, ...]]:
-        """Like :meth:`Agent.prepare`, with the references shuffled first if :attr:`shuffle` is set."""
+        """Like :meth:`ModelAgent.prepare`, with the references shuffled first if :attr:`shuffle` is set."""
         return super().prepare(conversation, self.order(conversation, references))
 
     def order(self, conversation: Sequence[Message], references: Sequence[str]) -> list[str]:
@@ -219,7 +429,7 @@ class SequentialAggregator(Aggregator):
         self, conversation: Sequence[Message], references: Sequence[str]
     ) -> tuple[ChatRequest, tuple[Cut, ...]]:
         """One window's request: the references as given (already ordered by :meth:`run`)."""
-        return Agent.prepare(self, conversation, references)
+        return ModelAgent.prepare(self, conversation, references)
 
     def generations(self, references: int) -> int:
         """Samples generated over ``references`` references: one per window."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from attrs import field, frozen
 
@@ -37,6 +37,10 @@ class Candidate:
         cuts: References shortened to fit the engine's context for the request that produced it.
         requests: The engine requests that produced it, in order (one, or one per window of a
             :class:`~aftlib.SequentialAggregator`): enough to send the same prompts again.
+        read: The positions (0-based) of the previous layer's candidates it read, when it read a subset
+            of them (:class:`~aftlib.Subset`); None when it read them all.
+        details: What a strategy recorded about how it chose (a vote's counts and agreement, the index a
+            selection chose and why); JSON-ready.
     """
 
     layer: int
@@ -48,6 +52,8 @@ class Candidate:
     completion_tokens: int = 0
     cuts: tuple[Cut, ...] = ()
     requests: tuple[ChatRequest, ...] = field(default=(), eq=False, repr=False)
+    read: tuple[int, ...] | None = None
+    details: Mapping[str, Any] = field(factory=dict, eq=False)
 
 
 FailureReason = Literal["error", "timeout", "cancelled"]

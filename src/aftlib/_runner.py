@@ -22,10 +22,9 @@ from typing import Any, Literal
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
-from attrs import asdict, define, field, frozen
+from attrs import define, field, frozen
 
 from ._accounting import Ledger, PriceTable, usage_dict
-from ._agents import Agent
 from ._errors import AftError, ConfigError, InputError, QuorumError
 from ._io import (
     atomic_write,
@@ -187,28 +186,6 @@ def run_path(output: Path) -> Path:
     return side_path(output, ".run.json")
 
 
-def _engine_model(engine: Any) -> str | None:
-    inner: Any = engine
-    while inner is not None:
-        model = getattr(inner, "model", None)
-        if isinstance(model, str):
-            return model
-        inner = getattr(inner, "inner", None)
-    return None
-
-
-def _describe_agent(agent: Agent) -> dict[str, Any]:
-    return {
-        "class": type(agent).__name__,
-        "name": agent.name,
-        "engine": agent.engine.name,
-        "model": _engine_model(agent.engine),
-        "template": agent.template.name,
-        "sampling": asdict(agent.sampling),
-        "lora": agent.lora,
-    }
-
-
 def describe_topology(topology: Topology) -> dict[str, Any]:
     """The topology as JSON: what decides its answers (agents, engines, models, templates, sampling).
 
@@ -219,13 +196,13 @@ def describe_topology(topology: Topology) -> dict[str, Any]:
     return {
         "layers": [
             {
-                "agents": [_describe_agent(agent) for agent in layer.agents],
+                "agents": [agent.describe() for agent in layer.agents],
                 "min_candidates": layer.min_candidates,
                 "timeout": layer.timeout,
             }
             for layer in topology.layers
         ],
-        "final": _describe_agent(topology.final),
+        "final": topology.final.describe(),
     }
 
 

@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 from attrs import define, field, frozen
 
-from ._agents import Agent, Aggregator, Emit, EventCallback, emitter
+from ._agents import Agent, Emit, EventCallback, emitter
 from ._errors import ConfigError, EngineError, QuorumError
 from ._logging import get_logger
 from ._results import AgentFailure, AnswerDone, Candidate, Event, LayerDone, LayerResult, Result
@@ -86,7 +86,7 @@ class Layer:
     @property
     def expected(self) -> int:
         """Candidates the layer gives when every agent succeeds."""
-        return sum(agent.sampling.n for agent in self.agents)
+        return sum(agent.samples for agent in self.agents)
 
     async def run(
         self,
@@ -114,7 +114,7 @@ class Layer:
                 outcome = await agent.run(conversation, references, layer=index, emit=timed_emit)
             except EngineError as exc:
                 errors[slot] = exc
-                possible -= agent.sampling.n
+                possible -= agent.samples
                 log.warning("agent failed", agent=agent.name, error=f"{type(exc).__name__}: {exc}")
                 if possible < need:  # the quorum cannot be reached: stop waiting for the others
                     group.cancel_scope.cancel()
@@ -194,16 +194,16 @@ class Topology:
             raise ConfigError(f"final must be an agent, got {type(self.final).__name__}")
         if self.layers:
             for agent in self.layers[0].agents:
-                if isinstance(agent, Aggregator):
+                if agent.reads_references:
                     raise ConfigError(
                         f"agent {agent.name!r} is an aggregator in the first layer; "
                         "it has no candidates to read"
                     )
-        elif isinstance(self.final, Aggregator):
+        elif self.final.reads_references:
             raise ConfigError("the final aggregator has no layer before it to read")
-        if self.final.sampling.n != 1:
+        if self.final.samples != 1:
             raise ConfigError(
-                f"the final agent samples once; got n={self.final.sampling.n}",
+                f"the final agent samples once; got n={self.final.samples}",
                 path="final.sampling.n",
             )
 
@@ -217,7 +217,8 @@ class Topology:
         """The distinct engines the agents use, in first-use order."""
         seen: dict[int, Engine] = {}
         for agent in self.agents:
-            seen.setdefault(id(agent.engine), agent.engine)
+            for engine in agent.engines:
+                seen.setdefault(id(engine), engine)
         return tuple(seen.values())
 
     @property
@@ -227,7 +228,7 @@ class Topology:
         for layer in self.layers:
             counts = [agent.generations(references) for agent in layer.agents]
             total += sum(counts)
-            references = sum(agent.sampling.n for agent in layer.agents)
+            references = sum(agent.samples for agent in layer.agents)
         return total + self.final.generations(references)
 
     async def __aenter__(self) -> Topology:

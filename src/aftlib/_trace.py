@@ -67,6 +67,8 @@ def _candidate_dict(c: Candidate) -> dict[str, Any]:
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": c.completion_tokens,
         "cuts": [{"reference": k.reference, "tokens": k.tokens, "kept": k.kept} for k in c.cuts],
+        **({"read": list(c.read)} if c.read is not None else {}),
+        **({"details": dict(c.details)} if c.details else {}),
     }
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ("publish", "unwrap_group")
+__all__ = ("closest", "did_you_mean", "publish", "unwrap_group")
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
@@ -53,3 +54,18 @@ def publish(namespace: dict[str, Any], module: str) -> None:
             value.__module__ = module
         except (AttributeError, TypeError):  # builtins-backed aliases
             continue
+
+
+def closest(name: str, known: Sequence[str], aliases: Mapping[str, str] | None = None) -> str | None:
+    """The known name ``name`` most likely stands for: its alias if known, else the closest spelling."""
+    alias = (aliases or {}).get(name)
+    if alias is not None and alias in known:
+        return alias
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, known: Sequence[str], aliases: Mapping[str, str] | None = None) -> str:
+    """``"did you mean 'x'? "`` for the closest known name, or nothing when none is close."""
+    close = closest(name, known, aliases)
+    return "" if close is None else f"did you mean {close!r}? "

@@ -20,6 +20,7 @@ import click
 from attrs import evolve
 
 from .. import config
+from .._agents import ModelAgent
 from .._errors import ConfigError, InputError
 from .._io import exclusive_lock
 from .._templates import PromptTemplate
@@ -258,6 +259,12 @@ def _drafter(args: Any) -> tuple[Engine, SamplingParams, str | None, Topology | 
     if args.config is not None:
         topology = config.load(args.config)
         agent = topology.layers[0].agents[0] if topology.layers else topology.final
+        if not isinstance(agent, ModelAgent):
+            raise ConfigError(
+                f"the first agent of {args.config} ({agent.name!r}, a {type(agent).__name__}) asks no model; "
+                "the drafts need a proposer",
+                path="--config",
+            )
         engine, sampling, lora = agent.engine, agent.sampling, agent.lora
     else:
         from ..engines import VLLMEngine

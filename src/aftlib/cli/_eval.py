@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import click
@@ -26,6 +26,8 @@ from ._common import (
 from ._display import Display
 
 __all__ = ("eval_command",)
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 JUDGES = ("alpaca_eval", "mt_bench", "math")
 
@@ -50,7 +52,7 @@ Exit status: 0 every item judged; 1 some judge calls failed; 2 a usage mistake (
 """
 
 
-def _file(name: str, help: str) -> Any:
+def _file(name: str, help: str) -> Callable[[F], F]:
     return click.option(name, type=click.Path(path_type=Path), metavar="FILE", help=help)
 
 
@@ -80,7 +82,7 @@ def eval_command(ctx: click.Context, /, log_json: bool, **options: Any) -> int:
     return _execute(**options)
 
 
-def _read_config(path: Path | None, judge_name: str) -> tuple[dict[str, Any], Any]:
+def _read_config(path: Path | None) -> tuple[dict[str, Any], Any]:
     """The config's judge settings and its engine spec (None without one)."""
     if path is None:
         return {}, None
@@ -90,12 +92,12 @@ def _read_config(path: Path | None, judge_name: str) -> tuple[dict[str, Any], An
     if not isinstance(data, dict):
         raise ConfigError(f"the eval config is a mapping, got {type(data).__name__}", source=str(path))
     settings = {str(k): v for k, v in data.items() if k != "engine"}
-    spec = None
+    spec: Any = None
     if "engine" in data:
         from ..config import EngineSpec
         from ..config._converter import structure
 
-        spec = structure(data["engine"], EngineSpec, source=str(path), path="engine")  # type: ignore[arg-type]
+        spec = structure(data["engine"], EngineSpec, source=str(path), path="engine")  # type: ignore[arg-type,unused-ignore]
     return settings, spec
 
 
@@ -124,33 +126,44 @@ def _extractor(value: Any, key: str, source: str | None) -> Any:
         )
 
 
-def _build_judge(name: str, settings: dict[str, Any], engine: Any, source: str | None) -> Any:
-    """The judge ``name`` with the config's settings (the engine judges are imported only when used)."""
-    if name == "math":
-        from ..evaluate import MathJudge
+def _math_judge(settings: dict[str, Any], source: str | None) -> Any:
+    from ..config._converter import unknown_key
+    from ..evaluate import MathJudge
 
-        unknown = [k for k in settings if k not in ("extractor", "gold_extractor")]
-        if unknown:
-            from ..config._converter import unknown_key
+    known = ["extractor", "gold_extractor"]
+    for key in settings:
+        if key not in known:
+            raise ConfigError(unknown_key(key, known), path=key, source=source)
+    return MathJudge(**{key: _extractor(value, key, source) for key, value in settings.items()})
 
-            raise ConfigError(
-                unknown_key(unknown[0], ["extractor", "gold_extractor"]), path=unknown[0], source=source
-            )
-        kwargs = {key: _extractor(value, key, source) for key, value in settings.items()}
-        return MathJudge(**kwargs)
-    if engine is None:
-        raise ConfigError(
-            f"the {name} judge needs a judge engine: give --config FILE with engine: {{type: openai|vllm, ...}}"
-        )
+
+def _engine_judge(
+    name: str, settings: dict[str, Any], engine: Any, source: str | None, **defaults: Any
+) -> Any:
+    """The AlpacaEval or MT-Bench judge (imported only when used) with the config's settings."""
+    import attrs
+
+    from ..config._converter import at, unknown_key
+
     if name == "alpaca_eval":
-        engine.check_logprobs("the AlpacaEval judge")
-        from ..evaluate._alpaca import AlpacaEvalJudge as cls
+        from ..evaluate._alpaca import AlpacaEvalJudge
+
+        cls: Any = AlpacaEvalJudge
     else:
-        from ..evaluate._mtbench import MTBenchJudge as cls  # type: ignore[no-redef]
-    try:
-        return cls(engine, **settings)
-    except TypeError as exc:
-        raise ConfigError(f"not a setting of the {name} judge: {exc}", source=source) from None
+        from ..evaluate._mtbench import MTBenchJudge
+
+        cls = MTBenchJudge
+    known = [a.name for a in attrs.fields(cls) if a.init and a.name != "engine"]
+    for key in settings:
+        if key not in known:
+            raise ConfigError(unknown_key(key, known), path=key, source=source)
+    with at(None, source=source):
+        try:
+            return cls(engine, **{**defaults, **settings})
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"a setting of the {name} judge is invalid: {exc}") from None
 
 
 def _bad(errors: tuple[InputError, ...], display: Display) -> list[str]:
@@ -159,7 +172,10 @@ def _bad(errors: tuple[InputError, ...], display: Display) -> list[str]:
     return [f"{len(errors)} bad line(s) skipped"] if errors else []
 
 
-def _join(judge_name: str, answers_path: Path, options: dict[str, Any], display: Display) -> tuple[Any, list[str], dict[str, Any]]:
+def _join(
+    judge_name: str, answers_path: Path, options: dict[str, Any], display: Display
+) -> tuple[Any, list[str], dict[str, Any], dict[str, Any]]:
+    """The items (joined), the notes, the input fingerprints, and defaults for the judge."""
     from .. import evaluate as ev
 
     answers = ev.read_answers(answers_path)
@@ -167,6 +183,7 @@ def _join(judge_name: str, answers_path: Path, options: dict[str, Any], display:
     if answers.errors:
         notes.append(f"{answers.errors} error record(s) in {answers_path} skipped")
     inputs: dict[str, Any] = {"answers": file_fingerprint(answers_path)}
+    defaults: dict[str, Any] = {}
     baseline, questions, references = options["baseline"], options["questions"], options["references"]
     if judge_name == "alpaca_eval":
         if baseline is None:
@@ -175,6 +192,7 @@ def _join(judge_name: str, answers_path: Path, options: dict[str, Any], display:
         notes += _bad(bad, display)
         inputs["baseline"] = file_fingerprint(baseline)
         joined = ev.join_alpaca_eval(answers, outputs)
+        defaults["instructions"] = tuple(outputs)  # the baseline's order, for the length-controlled rate
     elif judge_name == "mt_bench":
         found = None
         refs = None
@@ -194,7 +212,7 @@ def _join(judge_name: str, answers_path: Path, options: dict[str, Any], display:
             notes += _bad(gold.bad, display)
             inputs["references"] = file_fingerprint(references)
         joined = ev.join_math(answers, gold)
-    return joined, notes, inputs
+    return joined, notes, inputs, defaults
 
 
 def _execute(
@@ -210,7 +228,7 @@ def _execute(
     limit: int | None,
     restart: bool,
 ) -> int:
-    from ..evaluate import Evaluation, EvalReport
+    from ..evaluate import EvalReport, Evaluation
 
     if limit is not None and limit < 0:
         raise click.BadParameter(f"must be >= 0, got {limit}", param_hint="'--limit'")
@@ -218,18 +236,27 @@ def _execute(
         raise click.BadParameter(f"must be at least 1, got {concurrency}", param_hint="'--concurrency'")
     if judge_name == "alpaca_eval" and baseline is None:
         raise click.UsageError("the alpaca_eval judge needs --baseline FILE (AlpacaEval outputs)")
-    if judge_name == "math" and config is not None:
-        pass  # the math judge's settings (extractors) may come from a config; no engine is used
     if output.resolve() == answers.resolve():
         raise ConfigError("the output file is the answers file")
     check_output(output)
-    settings, spec = _read_config(config, judge_name)
+    source = None if config is None else str(config)
+    settings, spec = _read_config(config)
     if judge_name == "math" and spec is not None:
-        raise ConfigError("the math judge uses no engine; remove 'engine'", path="engine", source=str(config))
-    engine = None if spec is None else spec.build("judge")
-    judge = _build_judge(judge_name, settings, engine, None if config is None else str(config))
+        raise ConfigError("the math judge uses no engine; remove 'engine'", path="engine", source=source)
+    if judge_name != "math" and spec is None:
+        raise ConfigError(
+            f"the {judge_name} judge needs a judge engine: give --config FILE with "
+            "engine: {type: openai|vllm, ...}"
+        )
+    engine: Any = None if spec is None else spec.build("judge")
+    if judge_name == "alpaca_eval":
+        engine.check_logprobs("the AlpacaEval judge")  # before any file is read
+    judge = _math_judge(settings, source) if judge_name == "math" else None
     display = Display()
-    joined, notes, inputs = _join(judge_name, answers, {"baseline": baseline, "questions": questions, "references": references}, display)
+    files = {"baseline": baseline, "questions": questions, "references": references}
+    joined, notes, inputs, defaults = _join(judge_name, answers, files, display)
+    if judge is None:
+        judge = _engine_judge(judge_name, settings, engine, source, **defaults)
     items = joined.items if limit is None else joined.items[:limit]
     from ..evaluate import judge_settings
 
@@ -254,7 +281,7 @@ def _execute(
             with display:
                 if engine is not None:
                     display.starting("starting the judge engine")
-                async with engine if engine is not None else _nothing():
+                async with engine if engine is not None else contextlib.nullcontext():
                     started["engine"] = time.monotonic()
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(display.tick)
@@ -269,16 +296,13 @@ def _execute(
             report = run_async(work, hint=hint)
         except Interrupted as stop:
             if "engine" not in started:
-                raise Interrupted(stop.signum, "the judge engine had not started, nothing was judged") from None
+                raise Interrupted(
+                    stop.signum, "the judge engine had not started, nothing was judged"
+                ) from None
             click.echo(render_report(evaluation.report(interrupted=True)), err=True)
             raise
     click.echo(render_report(report))
     return 0 if report.ok else 1
-
-
-@contextlib.asynccontextmanager
-async def _nothing() -> Any:
-    yield None
 
 
 def _describe_spec(spec: Any) -> Any:
@@ -306,7 +330,9 @@ def render_report(report: Any) -> str:
     tokens = data["tokens"]
     rows.append(("tokens", f"{tokens['prompt_tokens']:,} prompt, {tokens['completion_tokens']:,} completion"))
     run = data["run"]
-    rows.append(("this run", f"{run['judged']} judged, {run['resumed']} already judged, {run['failed']} failed"))
+    rows.append(
+        ("this run", f"{run['judged']} judged, {run['resumed']} already judged, {run['failed']} failed")
+    )
     width = max(len(key) for key, _ in rows)
     lines = [f"{key.ljust(width)}  {value}" for key, value in rows]
     lines += [f"note: {note}" for note in data["notes"]]

@@ -109,6 +109,15 @@ def run_options(func: F) -> F:
     metavar="FILE",
     help="AFT reference YAML or topology config (default: the demo).",
 )
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path, file_okay=False),
+    metavar="DIR",
+    help="Request cache: serve requests already answered (with the same seed) from DIR, store new ones.",
+)
+@click.option(
+    "--cache-unseeded", is_flag=True, help="With --cache, reuse requests without a seed too (same samples)."
+)
 @run_options
 @click.pass_context
 def run(ctx: click.Context, /, config_path: Path | None, log_json: bool, **options: Any) -> int:
@@ -134,8 +143,16 @@ def _demo_topology() -> Topology:
     return config.parse(data, source="aftlib demo")
 
 
+def _cached(directory: Path, unseeded: bool) -> Any:
+    """Wrap each engine of the config in a request cache on ``directory``."""
+    from ..engines import CachingEngine
+
+    return lambda key, build: CachingEngine(build(), directory, reuse_unseeded=unseeded)
+
+
 def _generator(topology: Topology) -> str:
-    return Path(topology.final.engine.name).name or "aftlib"
+    engines = topology.final.engines or topology.engines
+    return (Path(engines[0].name).name if engines else "") or "aftlib"
 
 
 def _empty(path: Path) -> bool:
@@ -156,10 +173,13 @@ def _execute(
     strict: bool,
     prices: Path | None,
     restart: bool,
+    cache: Path | None = None,
+    cache_unseeded: bool = False,
 ) -> int:
     demo = config_path is None
     price_table = None if prices is None else PriceTable.load(prices)
-    topology = _demo_topology() if config_path is None else config.load(config_path)
+    hook = None if cache is None else _cached(cache, cache_unseeded)
+    topology = _demo_topology() if config_path is None else config.load(config_path, engine_hook=hook)
     source = input_path or _data("sample_prompts.jsonl")
     # answers written to a terminal would run through a live bar on the same screen: plain lines then
     display = Display(live=False) if output is None and sys.stdout.isatty() else Display()
@@ -224,7 +244,8 @@ def _summary(summary: RunSummary, timings: dict[str, float]) -> str:
         f"records: {summary.records} read, {summary.done} done, {summary.resumed} already done, "
         f"{summary.failed} failed, {summary.bad} bad lines",
         f"tokens: {u.prompt_tokens:,} prompt ({u.cached_tokens:,} cached), "
-        f"{u.completion_tokens:,} completion, {u.requests:,} requests",
+        f"{u.completion_tokens:,} completion generated, {u.reused_tokens:,} reused from the cache, "
+        f"{u.requests:,} requests",
     ]
     for layer in summary.report.get("layers", []):
         agents = ", ".join(

@@ -15,7 +15,6 @@ errors raised while the structured config is built into objects.
 
 from __future__ import annotations
 
-import difflib
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from cattrs.errors import ForbiddenExtraKeysError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, override
 
 from .._errors import ConfigError
+from .._util import closest, did_you_mean
 
 __all__ = (
     "at",
@@ -90,21 +90,6 @@ def join(prefix: str | None, path: str | None) -> str | None:
     if not path:
         return prefix
     return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
-
-
-def closest(name: str, known: Sequence[str], aliases: Mapping[str, str] | None = None) -> str | None:
-    """The known name ``name`` most likely stands for: its alias if known, else the closest spelling."""
-    alias = (aliases or {}).get(name)
-    if alias is not None and alias in known:
-        return alias
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return close[0] if close else None
-
-
-def did_you_mean(name: str, known: Sequence[str], aliases: Mapping[str, str] | None = None) -> str:
-    """``"did you mean 'x'? "`` for the closest known name, or nothing when none is close."""
-    close = closest(name, known, aliases)
-    return "" if close is None else f"did you mean {close!r}? "
 
 
 def unknown_key(key: str, known: Sequence[str], aliases: Mapping[str, str] | None = None) -> str:

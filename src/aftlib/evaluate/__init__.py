@@ -7,14 +7,9 @@ topologies over a prompt set, judge every cell, and draw quality against cost.
 
 from __future__ import annotations
 
+from .._extract import STRATEGIES, AnswerExtractor, Extracted, normalize_answer
 from .._util import publish as _publish
-from ._judge import EvalItem, EvalSummary, Judge, Judgment, mean_and_standard_error
-
-# --- judges of pairwise and graded answers (AlpacaEval, MT-Bench) ---
 from ._alpaca import AlpacaEvalJudge, alpaca_eval_preference, alpaca_eval_switched
-from ._mtbench import REFERENCE_CATEGORIES, MTBenchJudge, mt_bench_rating
-
-# --- answer extraction, the math judge, answers files and the eval runner ---
 from ._answers import (
     ANSWER_LAYOUTS,
     Answer,
@@ -32,10 +27,11 @@ from ._answers import (
     read_references,
 )
 from ._evaluation import EvalReport, Evaluation, eval_path, judge_settings
-from ._extract import STRATEGIES, AnswerExtractor, Extracted, normalize_answer
+from ._judge import EvalItem, EvalSummary, Judge, Judgment, mean_and_standard_error
 from ._math import MathJudge, answers_match
-
-# --- the request cache and sweeps ---
+from ._mtbench import REFERENCE_CATEGORIES, MTBenchJudge, mt_bench_rating
+from ._report import markdown_table, pareto_front
+from ._sweep import CellResult, Sweep, SweepCell, SweepConfig, SweepJudgeConfig, SweepReport, parse_key_path
 
 __all__ = (
     "EvalItem",
@@ -75,6 +71,16 @@ __all__ = (
     "read_gold",
     "read_questions",
     "read_references",
+    # the request cache and sweeps
+    "CellResult",
+    "Sweep",
+    "SweepCell",
+    "SweepConfig",
+    "SweepJudgeConfig",
+    "SweepReport",
+    "markdown_table",
+    "pareto_front",
+    "parse_key_path",
 )
 
 _publish(globals(), __name__)

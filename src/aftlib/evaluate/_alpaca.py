@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -237,15 +238,18 @@ class AlpacaEvalJudge(Judge):
             details["failure"] = "the judge generated no token"
         else:
             top = tokens[0].top
-            details["top_logprobs"] = [[token, logprob] for token, logprob in top]
+            # JSON has no -inf: a log probability that is not finite is written as null.
+            details["top_logprobs"] = [[token, _finite(logprob)] for token, logprob in top]
             found = {token: logprob for token, logprob in top if token in (FIRST, SECOND)}
-            details["logprob_m"] = found.get(FIRST)
-            details["logprob_M"] = found.get(SECOND)
+            details["logprob_m"] = _finite(found.get(FIRST))
+            details["logprob_M"] = _finite(found.get(SECOND))
             raw = alpaca_eval_preference(top)
             if math.isnan(raw):
                 details["failure"] = (
                     f"neither {FIRST!r} nor {SECOND!r} is among the top {len(top)} log probabilities of the "
                     "judge's first token"
+                    if not found
+                    else f"the log probabilities of {FIRST!r} and {SECOND!r} are not finite"
                 )
         preference = 3.0 - raw if switched else raw
         if not math.isnan(raw):
@@ -350,7 +354,8 @@ class AlpacaEvalJudge(Judge):
                 }
             )
         try:
-            with _local_hub_files(glm_winrate, files):
+            with _local_hub_files(glm_winrate, files), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's, about the package's calls
                 result = glm_winrate.get_length_controlled_winrate(
                     pd.DataFrame(rows), save_weights_dir=None, is_warn_extreme_changes=False
                 )

@@ -54,7 +54,7 @@ ANSWER_LAYOUTS: tuple[str, ...] = ("aftlib", "alpaca_eval", "model_answer")
 """The layouts :func:`read_answers` reads."""
 
 PathLike = str | os.PathLike[str]
-REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
+_REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 
 
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
@@ -175,7 +175,7 @@ def _aftlib_answer(value: Mapping[str, Any], line: int) -> Answer | None:
     if status == "error":
         return None
     if status != "done":
-        raise ValueError(f"'status' must be \"done\" or \"error\", got {status!r}")
+        raise ValueError(f'\'status\' must be "done" or "error", got {status!r}')
     rid = _id(value.get("id"))
     if rid is None:
         raise ValueError(f"'id' must be a string or an integer, got {value.get('id')!r}")
@@ -234,10 +234,10 @@ def _choice_turns(value: Mapping[str, Any]) -> tuple[str, ...]:
     choices = value.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ValueError("'choices' must be a non-empty list of objects")
-    turns = choices[0].get("turns")
+    turns: Any = choices[0].get("turns")
     if not _is_strings(turns):
         raise ValueError("'choices[0].turns' must be a non-empty list of strings")
-    return tuple(turns)
+    return tuple(str(turn) for turn in turns)
 
 
 def _model_answer(value: Mapping[str, Any], line: int) -> Answer:
@@ -245,7 +245,9 @@ def _model_answer(value: Mapping[str, Any], line: int) -> Answer:
     if qid is None:
         raise ValueError(f"'question_id' must be a string or an integer, got {value.get('question_id')!r}")
     model = value.get("model_id")
-    return Answer(qid, line, _choice_turns(value), generator=model if isinstance(model, str) else None, data=value)
+    return Answer(
+        qid, line, _choice_turns(value), generator=model if isinstance(model, str) else None, data=value
+    )
 
 
 _READERS = {"aftlib": _aftlib_answer, "alpaca_eval": _alpaca_answer, "model_answer": _model_answer}
@@ -334,7 +336,12 @@ def read_questions(path: PathLike) -> tuple[dict[str, Question], tuple[InputErro
         qid = _id(value.get("question_id"))
         category = value.get("category")
         if qid is None:
-            bad.append(InputError(f"'question_id' must be a string or an integer, got {value.get('question_id')!r}", where=where))
+            bad.append(
+                InputError(
+                    f"'question_id' must be a string or an integer, got {value.get('question_id')!r}",
+                    where=where,
+                )
+            )
         elif not _is_strings(value.get("turns")):
             bad.append(InputError("'turns' must be a non-empty list of strings", where=where))
         elif category is not None and not isinstance(category, str):
@@ -436,9 +443,9 @@ def join_mt_bench(
     questions: Mapping[str, Question] | None,
     references: Mapping[str, Sequence[str]] | None = None,
 ) -> Joined:
-    """MT-Bench: each answer with its question (by ``question_id``) and, for math, reasoning and coding,
-    the question's reference answers.
+    """MT-Bench: each answer with its question (by ``question_id``) and its reference answers.
 
+    Questions of the math, reasoning and coding categories get their reference answers.
     Without ``questions``, an answer's own turns and ``category`` are used (aftlib's output of an
     MT-Bench input carries them); an answer with neither is extra.
     """
@@ -461,7 +468,7 @@ def join_mt_bench(
             continue
         used.add(answer.id)
         reference: tuple[str, ...] = ()
-        if question.category in REFERENCE_CATEGORIES:
+        if question.category in _REFERENCE_CATEGORIES:
             found = None if references is None else references.get(answer.id)
             if found is None:
                 unreferenced += 1

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 from anyio.streams.memory import MemoryObjectReceiveStream
 from attrs import define, field, frozen
 
@@ -26,6 +27,7 @@ from .._io import exclusive_lock, fingerprint, side_path, write_json_atomic
 from .._logging import get_logger
 from .._runner import RunStats, _key, _resume
 from .._types import Usage
+from ..engines._base import Engine
 from ._judge import EvalItem, EvalSummary, Judge, Judgment
 
 __all__ = ("EvalReport", "Evaluation", "eval_path", "judge_settings")
@@ -40,12 +42,50 @@ def _summary_path(output: Path) -> Path:
     return side_path(output, ".summary.json")
 
 
+def _plain(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON for a fingerprint: never a repr with a memory address in it."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if depth > 4:
+        return type(value).__name__
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_plain(v, depth + 1) for v in value]
+        if isinstance(value, set | frozenset):
+            items.sort(key=str)
+        if len(items) > 32:  # a long list (a set's instructions) by its digest, not in full
+            return {"items": len(items), "fingerprint": fingerprint(items)}
+        return items
+    if attrs.has(type(value)):
+        return {
+            "type": type(value).__name__,
+            **{
+                f.name: _plain(getattr(value, f.name), depth + 1)
+                for f in attrs.fields(type(value))
+                if not f.name.startswith("_") and not isinstance(getattr(value, f.name), Engine)
+            },
+        }
+    name = getattr(value, "name", None)
+    return {"type": type(value).__name__, "name": name if isinstance(name, str) else None}
+
+
 def judge_settings(judge: Judge) -> dict[str, Any]:
-    """What decides a judge's verdicts, as JSON: its ``describe()`` when it has one, else its name."""
+    """What decides a judge's verdicts, as JSON (fingerprinted by :class:`Evaluation`).
+
+    The judge's ``describe()`` when it has one; else, for an attrs judge, its fields (engines by name
+    only), else its name.
+    """
     describe = getattr(judge, "describe", None)
     if callable(describe):
         settings: dict[str, Any] = dict(describe())
         return settings
+    if attrs.has(type(judge)):
+        fields = _plain(judge)
+        fields.pop("type", None)
+        return {"judge": judge.name, **fields, "engines": [engine.name for engine in judge.engines]}
     return {"judge": judge.name}
 
 
@@ -215,7 +255,11 @@ class Evaluation:
         if has_judgments and isinstance(earlier, dict):
             changed = [
                 what
-                for what, key in (("judge", "judge"), ("judge settings", "settings_fingerprint"), ("inputs", "inputs_fingerprint"))
+                for what, key in (
+                    ("judge", "judge"),
+                    ("judge settings", "settings_fingerprint"),
+                    ("inputs", "inputs_fingerprint"),
+                )
                 if earlier.get(key) != origin[key]
             ]
             if changed:
@@ -296,8 +340,15 @@ class Evaluation:
         try:
             judgment = await self.judge.judge(item)
         except (AftError, Exception) as exc:  # a failed judge call is written, never dropped
-            get_logger(__name__, item=item.id).warning("judge call failed", error=f"{type(exc).__name__}: {exc}")
-            return {"id": item.id, "status": "error", "judge": self.judge.name, "error": f"{type(exc).__name__}: {exc}"}, 0
+            get_logger(__name__, item=item.id).warning(
+                "judge call failed", error=f"{type(exc).__name__}: {exc}"
+            )
+            return {
+                "id": item.id,
+                "status": "error",
+                "judge": self.judge.name,
+                "error": f"{type(exc).__name__}: {exc}",
+            }, 0
         line = {"id": item.id, "status": "done", **judgment.to_json()}
         line["id"] = item.id
         return line, judgment.usage.completion_tokens

@@ -1,8 +1,8 @@
-"""The math judge: exact answers (GSM8K, ``\\boxed{}``), checked by string, number and symbol.
+r"""The math judge: exact answers (GSM8K, ``\boxed{}``), checked by string, number and symbol.
 
 An item's answer and its gold answer each go through an :class:`AnswerExtractor`; the two match when
 their normalised texts are equal, or they are the same number, or the ``math-verify`` package finds
-them symbolically equal (``\\frac{1}{2}`` and ``0.5``). An answer with no extractable answer is an
+them symbolically equal (``\frac{1}{2}`` and ``0.5``). An answer with no extractable answer is an
 *extraction failure*: its score is None, it counts as wrong in the accuracy (as in
 lm-evaluation-harness, where it scores 0), and the summary counts it apart.
 """
@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from attrs import define, field
 
 from .._errors import InputError, MissingExtraError
-from ._extract import AnswerExtractor, Extracted
+from .._extract import AnswerExtractor, Extracted
 from ._judge import EvalItem, EvalSummary, Judge, Judgment, mean_and_standard_error
 
 __all__ = ("MathJudge", "answers_match")
@@ -37,7 +37,7 @@ def _number(text: str) -> float | None:
 
 def _symbolic(gold: str, answer: str) -> bool:
     try:
-        from math_verify import parse, verify
+        from math_verify import parse, verify  # type: ignore[import-untyped]
     except ImportError as exc:
         raise MissingExtraError("the math judge's symbolic comparison", "eval", "math-verify") from exc
     # math-verify's timeouts use SIGALRM, which only the main thread may set
@@ -46,7 +46,7 @@ def _symbolic(gold: str, answer: str) -> bool:
     def expression(text: str) -> Any:
         bare = text.strip()
         wrapped = bare if bare.startswith("$") else f"${bare}$"
-        return parse(wrapped, parsing_timeout=timeout)  # type: ignore[arg-type]
+        return parse(wrapped, parsing_timeout=timeout)
 
     try:
         left, right = expression(gold), expression(answer)
@@ -77,10 +77,10 @@ def answers_match(gold: str, answer: str) -> tuple[bool, str]:
 
 @define
 class MathJudge(Judge):
-    """Exact answers for math: accuracy against the gold answer of each item.
+    r"""Exact answers for math: accuracy against the gold answer of each item.
 
     The gold answer is ``item.reference[0]`` (a GSM8K ``answer``: the text after its last ``#### ``,
-    commas removed; else a ``\\boxed{}`` in it, else the whole text); the item's answer is the last of
+    commas removed; else a ``\boxed{}`` in it, else the whole text); the item's answer is the last of
     ``item.answers``. No engine.
 
     Each judgment's details hold ``answer`` (extracted), ``strategy``, ``gold``, ``correct``, ``match``

@@ -1,10 +1,10 @@
-"""Answer extraction: the final answer of a free-text solution, by strategies tried in order.
+r"""Answer extraction: the final answer of a free-text solution, by strategies tried in order.
 
 Each strategy looks for one form of final answer and gives the text it found, normalised:
 
 - ``"####"``: GSM8K's form, the text after the last ``#### `` (to the end of its line);
 - ``"the answer is"``: "The answer is N" or "the final answer is N" (case-insensitive, the last one);
-- ``"boxed"``: the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced;
+- ``"boxed"``: the last ``\boxed{...}`` (or ``\fbox{...}``), braces balanced;
 - ``"last_number"``: the last number in the text;
 - ``"choice"``: a multiple-choice letter A-E: "Answer: B", "(B)", or "B." / "B)" opening a line;
 - ``"regex"``: a pattern of the user's, whose first group (or whole match, with no group) is the
@@ -24,7 +24,8 @@ from typing import Any
 import attrs
 from attrs import field, frozen
 
-from .._errors import ConfigError
+from ._errors import ConfigError
+from ._util import did_you_mean
 
 __all__ = ("STRATEGIES", "AnswerExtractor", "Extracted", "normalize_answer")
 
@@ -52,9 +53,9 @@ _CHOICE_FORMS = (
 
 
 def normalize_answer(text: str) -> str:
-    """An answer in a canonical form, so that equal answers compare equal as strings.
+    r"""An answer in a canonical form, so that equal answers compare equal as strings.
 
-    Strips whitespace, ``$`` signs (LaTeX delimiters and dollars), a trailing period, and a ``\\boxed{}``
+    Strips whitespace, ``$`` signs (LaTeX delimiters and dollars), a trailing period, and a ``\boxed{}``
     around the whole; a number loses its thousands commas and needless zeros (``1,234.50`` is
     ``1234.5``, ``18.00`` is ``18``, ``+3`` is ``3``), and a number followed only by words loses them
     (``18 dollars`` is ``18``). Anything else keeps its inner spaces collapsed.
@@ -83,7 +84,7 @@ def normalize_answer(text: str) -> str:
             value = "-" + (body.lstrip("0") or "0") if body.strip("0.") else "0"
         else:
             value = value.lstrip("0") or "0"
-        if value.startswith(".") or value.startswith("-."):
+        if value.startswith((".", "-.")):
             value = value.replace(".", "0.", 1)
     return value
 
@@ -195,8 +196,6 @@ def _check_strategies(instance: AnswerExtractor, _: attrs.Attribute[Any], value:
         raise ConfigError("an extractor needs at least one strategy", path="strategies")
     for index, name in enumerate(value):
         if name not in STRATEGIES:
-            from ..config._converter import did_you_mean
-
             raise ConfigError(
                 f"unknown strategy {name!r}; {did_you_mean(name, list(STRATEGIES))}choose from "
                 + ", ".join(repr(s) for s in STRATEGIES),
@@ -217,7 +216,7 @@ def _check_pattern(_: object, __: attrs.Attribute[Any], value: str | None) -> No
 
 @frozen
 class AnswerExtractor:
-    """Finds the final answer of a solution by trying strategies in order (see :data:`STRATEGIES`).
+    r"""Finds the final answer of a solution by trying strategies in order (see :data:`STRATEGIES`).
 
     Example:
         >>> AnswerExtractor().extract("3 + 4 = 7, so #### 7").answer
@@ -234,8 +233,7 @@ class AnswerExtractor:
 
     Raises:
         ConfigError: An unknown strategy (``strategies[i]``), or a ``pattern`` that does not compile
-            (``pattern``; relocate it under the config's key path with :func:`aftlib.config` 's
-            ``at``).
+            (``pattern``).
     """
 
     strategies: tuple[str, ...] = field(
@@ -269,10 +267,12 @@ class AnswerExtractor:
         Raises:
             ConfigError: An unknown preset name.
         """
-        presets = {"strict-match": cls.strict_match, "flexible-extract": cls.flexible_extract, "default": cls}
+        presets: dict[str, Callable[[], AnswerExtractor]] = {
+            "strict-match": cls.strict_match,
+            "flexible-extract": cls.flexible_extract,
+            "default": cls,
+        }
         if name not in presets:
-            from ..config._converter import did_you_mean
-
             raise ConfigError(
                 f"unknown extractor preset {name!r}; {did_you_mean(name, list(presets))}choose "
                 + ", ".join(presets),
