@@ -6,6 +6,7 @@ bound to the loop it was created on, serves every integration test. It starts on
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -105,6 +106,15 @@ def openai_server(tiny_model: Path) -> Iterator[str]:
 
     with vllm_server(tiny_model, served_model_name="tiny-served") as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment() -> Iterator[None]:
+    """A command run in-process sets the engines' log levels in os.environ; later tests start clean."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(autouse=True)

@@ -112,8 +112,8 @@ async def test_a_straggler_cancelled_by_the_quorum_is_aborted_inside_vllm(vllm_e
     layer = Layer(
         [
             Proposer(vllm_engine, name="slow", sampling=SamplingParams(max_tokens=1500, seed=None)),
-            Proposer(FakeEngine(name="a", latency=0.5), name="a"),
-            Proposer(FakeEngine(name="b", latency=0.5), name="b"),
+            Proposer(FakeEngine(name="a", latency=0.1), name="a"),
+            Proposer(FakeEngine(name="b", latency=0.1), name="b"),
         ],
         min_candidates=2,
     )

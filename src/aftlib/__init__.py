@@ -18,7 +18,7 @@ import typing
 
 from . import engines, presets
 from ._accounting import Price, PriceTable
-from ._agents import Agent, Aggregator, ModelAgent, Proposer, SequentialAggregator
+from ._agents import Agent, Aggregator, ModelAgent, Proposer, SequentialAggregator, Subset
 from ._errors import (
     AftError,
     ConfigError,
@@ -32,6 +32,7 @@ from ._errors import (
     ServerError,
     TemplateError,
 )
+from ._extract import AnswerExtractor, Extracted
 from ._results import (
     AgentFailure,
     AnswerDone,
@@ -44,8 +45,9 @@ from ._results import (
     TokenDelta,
 )
 from ._runner import Runner, RunStats, RunSummary
+from ._select import BestOfN, Select
 from ._templates import PromptTemplate
-from ._topology import Layer, Topology
+from ._topology import EarlyExit, Layer, Topology
 from ._trace import TracedRequest, traced_requests
 from ._types import (
     ChatRequest,
@@ -59,11 +61,20 @@ from ._types import (
     Usage,
 )
 from ._util import publish as _publish
+from ._vote import NoAnswerError, Vote
 
 __version__ = "0.1.0"
 
 __all__ = (
     "AftError",
+    "AnswerExtractor",
+    "EarlyExit",
+    "Extracted",
+    "NoAnswerError",
+    "Subset",
+    "Vote",
+    "BestOfN",
+    "Select",
     "Agent",
     "AgentFailure",
     "Aggregator",

@@ -123,6 +123,12 @@ class Result:
         usage: Tokens used by all requests of the run.
         elapsed: Wall-clock seconds of the run.
         answer_usage: Tokens used by the final agent's requests.
+        exit_layer: The layer whose candidates agreed, when the run stopped early there
+            (:class:`~aftlib.EarlyExit`); its agreed candidate is the answer. None when the final agent
+            answered.
+        saved_generations: The samples the skipped layers (and final agent) would have generated.
+        saved_tokens: An estimate of the completion tokens saved: the skipped samples times the mean
+            completion tokens per sample of the layers that ran.
     """
 
     answer: Candidate
@@ -130,6 +136,9 @@ class Result:
     usage: Usage = field(factory=Usage)
     elapsed: float = field(default=0.0, eq=False)
     answer_usage: Usage = field(factory=Usage)
+    exit_layer: int | None = None
+    saved_generations: int = 0
+    saved_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -147,7 +156,8 @@ class Result:
         The final agent's layer is ``len(layers)``.
         """
         usage = {(layer.index, name): u for layer in self.layers for name, u in layer.usage_by_agent.items()}
-        usage[(len(self.layers), self.answer.agent)] = self.answer_usage
+        if self.exit_layer is None:
+            usage[(len(self.layers), self.answer.agent)] = self.answer_usage
         return usage
 
 

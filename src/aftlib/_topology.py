@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
@@ -12,17 +13,18 @@ import anyio
 import anyio.abc
 from attrs import define, field, frozen
 
-from ._agents import Agent, Emit, EventCallback, emitter
+from ._agents import Agent, Emit, EventCallback, Subset, emitter
 from ._errors import ConfigError, EngineError, QuorumError
+from ._extract import AnswerExtractor
 from ._logging import get_logger
-from ._results import AgentFailure, AnswerDone, Candidate, Event, LayerDone, LayerResult, Result
+from ._results import AgentFailure, AnswerDone, Candidate, Event, LayerDone, LayerResult, Result, TokenDelta
 from ._streams import DEFAULT_BUFFER, move_on_after, producer_stream
 from ._types import Completion, Message, Usage, as_conversation
 from ._util import unwrap_group
 from .engines._base import Engine
 from .engines._pool import EnginePool
 
-__all__ = ("Layer", "Topology")
+__all__ = ("EarlyExit", "Layer", "Topology")
 
 
 def _agents(value: Iterable[Agent] | Agent) -> tuple[Agent, ...]:
@@ -167,6 +169,50 @@ def _layers(value: Iterable[Layer | Agent | Iterable[Agent]]) -> tuple[Layer, ..
     return tuple(v if isinstance(v, Layer) else Layer(v) for v in value)
 
 
+def _check_share(_: object, __: object, value: float) -> None:
+    if not 0 < value <= 1:
+        raise ConfigError(f"min_agreement is a share in (0, 1], got {value!r}", path="min_agreement")
+
+
+def _check_by(_: object, __: object, value: str) -> None:
+    if value not in ("answer", "text"):
+        raise ConfigError(f"by is 'answer' or 'text', got {value!r}", path="by")
+
+
+@frozen
+class EarlyExit:
+    """Stop a run before its remaining layers when a layer's candidates agree.
+
+    After each layer, the candidates' answers (extracted, or their exact texts) are counted; when the most
+    common one holds at least ``min_agreement`` of the layer's candidates, the first candidate holding it
+    is the answer, and the remaining layers and the final agent are skipped. The result says which layer
+    answered (:attr:`Result.exit_layer`) and estimates what was saved.
+
+    Attributes:
+        by: ``"answer"`` compares extracted answers (:class:`~aftlib.AnswerExtractor`), ``"text"`` the
+            candidates' exact texts.
+        min_agreement: The share of the layer's candidates that must agree, in (0, 1] (1: all of them).
+        extractor: How answers are found, with ``by="answer"``.
+    """
+
+    by: str = field(default="answer", validator=_check_by)
+    min_agreement: float = field(default=1.0, converter=float, validator=_check_share)
+    extractor: AnswerExtractor = field(factory=AnswerExtractor)
+
+    def agreed(self, candidates: Sequence[Candidate]) -> Candidate | None:
+        """The first candidate holding the agreed answer, or None when the candidates do not agree enough."""
+        if not candidates:
+            return None
+        keys = [c.text if self.by == "text" else self.extractor.extract(c.text).answer for c in candidates]
+        counts = Counter(k for k in keys if k is not None)
+        if not counts:
+            return None
+        key, top = max(counts.items(), key=lambda kv: (kv[1], -keys.index(kv[0])))
+        if top < self.min_agreement * len(candidates):
+            return None
+        return candidates[keys.index(key)]
+
+
 @define(eq=False)
 class Topology:
     """A propose-and-aggregate pipeline: layers of agents, then one final agent that answers.
@@ -179,14 +225,17 @@ class Topology:
     Args:
         layers: The layers before the final agent (a layer may be given as a list of agents).
         final: The agent whose single sample is the answer.
+        early_exit: Stop before the remaining layers when a layer's candidates agree (off by default).
 
     Raises:
         ConfigError: The first layer holds an aggregator, the final agent is an aggregator with no layer
-            before it, or the final agent samples more than once.
+            before it, the final agent samples more than once, or an aggregator reads a subset larger
+            than the candidates of the layer before it.
     """
 
     layers: tuple[Layer, ...] = field(converter=_layers)
     final: Agent
+    early_exit: EarlyExit | None = field(default=None, kw_only=True)
     _pool: EnginePool | None = field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -201,11 +250,28 @@ class Topology:
                     )
         elif self.final.reads_references:
             raise ConfigError("the final aggregator has no layer before it to read")
+        for position, agent, population in self._readers():
+            subset = getattr(agent, "references", None)
+            if isinstance(subset, Subset) and subset.k is not None and subset.k > population:
+                raise ConfigError(
+                    f"agent {agent.name!r} reads subsets of {subset.k} references, but the layer before it "
+                    f"gives {population} candidates",
+                    path=f"{position}.references.subset",
+                )
         if self.final.samples != 1:
             raise ConfigError(
                 f"the final agent samples once; got n={self.final.samples}",
                 path="final.sampling.n",
             )
+
+    def _readers(self) -> list[tuple[str, Agent, int]]:
+        """Every agent that reads references, where it is, and the candidates of the layer before it."""
+        out = []
+        for index, layer in enumerate(self.layers[1:], start=1):
+            out += [(f"layers[{index}]", a, self.layers[index - 1].expected) for a in layer.agents]
+        if self.layers:
+            out.append(("final", self.final, self.layers[-1].expected))
+        return [(where, agent, population) for where, agent, population in out if agent.reads_references]
 
     @property
     def agents(self) -> tuple[Agent, ...]:
@@ -295,6 +361,9 @@ class Topology:
             log.debug("layer done", layer=index, candidates=len(done.candidates))
             if emit is not None:
                 await emit(LayerDone(done))
+            agreed = None if self.early_exit is None else self.early_exit.agreed(done.candidates)
+            if agreed is not None:
+                return await self._exit_early(agreed, layers, start, emit)
         (answer,), completion = await self.final.run(
             conversation, references, layer=len(self.layers), emit=emit, is_answer=True
         )
@@ -306,6 +375,34 @@ class Topology:
             completion.usage,
         )
         if emit is not None:
+            await emit(AnswerDone(result))
+        return result
+
+    async def _exit_early(
+        self, answer: Candidate, layers: list[LayerResult], start: float, emit: Emit | None
+    ) -> Result:
+        """The result of a run whose layer ``answer.layer`` agreed: the skipped layers' work is estimated."""
+        references = sum(agent.samples for agent in self.layers[answer.layer].agents)
+        skipped = 0
+        for layer in self.layers[answer.layer + 1 :]:
+            skipped += sum(agent.generations(references) for agent in layer.agents)
+            references = sum(agent.samples for agent in layer.agents)
+        skipped += self.final.generations(references)
+        samples = [c for layer in layers for c in layer.candidates]
+        per_sample = sum(c.completion_tokens for c in samples) / max(len(samples), 1)
+        result = Result(
+            answer,
+            tuple(layers),
+            Usage.sum(layer.usage for layer in layers),
+            time.perf_counter() - start,
+            Usage(),
+            exit_layer=answer.layer,
+            saved_generations=skipped,
+            saved_tokens=round(skipped * per_sample),
+        )
+        get_logger(__name__).debug("early exit", layer=answer.layer, saved_generations=skipped)
+        if emit is not None:
+            await emit(TokenDelta(answer.layer, answer.agent, answer.index, answer.text, True))
             await emit(AnswerDone(result))
         return result
 

@@ -5,19 +5,24 @@
 - :func:`moa`, :func:`moa_lite`: Together's Mixture-of-Agents over several models.
 - :func:`self_moa`, :func:`self_moa_seq`: one model sampled k times, then aggregated (all at once, or a
   window at a time with a running synthesis).
+- :func:`rsa`: Recursive Self-Aggregation, a population of drafts refined by aggregating random subsets
+  of itself, step after step, then a vote (or one last aggregation).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
-from ._agents import Aggregator, Proposer, SequentialAggregator
+from ._agents import Agent, Aggregator, Proposer, SequentialAggregator, Subset
 from ._errors import ConfigError
+from ._extract import AnswerExtractor
 from ._topology import Layer, Topology
 from ._types import SamplingParams
+from ._vote import Vote
 from .engines._base import Engine
 
-__all__ = ("aft", "moa", "moa_lite", "self_moa", "self_moa_seq")
+__all__ = ("aft", "moa", "moa_lite", "rsa", "self_moa", "self_moa_seq")
 
 
 def aft(
@@ -187,3 +192,68 @@ def self_moa_seq(
         window=window,
     )
     return Topology([[drafts]], final)
+
+
+def rsa(
+    engine: Engine,
+    *,
+    population: int = 8,
+    k: int = 3,
+    steps: int = 2,
+    final: Literal["vote", "aggregate"] = "vote",
+    temperature: float = 0.7,
+    max_tokens: int = 2048,
+    seed: int = 0,
+    template: str = "rsa_aggregate",
+    extractor: AnswerExtractor | None = None,
+) -> Topology:
+    r"""Recursive Self-Aggregation (RSA, arXiv 2509.26626): a population refined by aggregating subsets.
+
+    Layer 0 samples ``population`` drafts of the conversation in one request. Each of the ``steps``
+    layers makes a new population: each of its ``population`` members aggregates its own seeded random
+    subset of ``k`` members of the population before (one request each: their prompts differ). A final
+    vote keeps the majority answer of the last population (no request), or one last aggregation reads a
+    subset of ``k`` of it. ``rsa(e, population=8, k=3, steps=2)`` sends 1 + 8 + 8 requests and a vote.
+
+    Args:
+        engine: The model's engine (every agent shares it).
+        population: Drafts per population (N).
+        k: Members each aggregation reads (K), at most ``population``.
+        steps: Aggregation steps (T).
+        final: ``"vote"`` (majority of extracted answers) or ``"aggregate"`` (one more aggregation).
+        temperature: Sampling temperature everywhere.
+        max_tokens: The most tokens per sample.
+        seed: Seeds the subsets (and nothing else: samples use the engine's randomness).
+        template: The aggregation template (problem and candidates in the user turn).
+        extractor: How the vote finds answers (the default: ``####``, "the answer is", ``\boxed{}``, the
+            last number).
+
+    Raises:
+        ConfigError: ``k`` is larger than ``population``, or a count is below 1.
+    """
+    for name, value in (("population", population), ("k", k), ("steps", steps)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}", path=name)
+    if k > population:
+        raise ConfigError(f"k ({k}) cannot exceed the population ({population})", path="k")
+    sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, n=population)
+    layers = [Layer(Proposer(engine, sampling=sampling, template="passthrough", name="draft"))]
+    for step in range(1, steps + 1):
+        aggregate = Aggregator(
+            engine, sampling=sampling, template=template, name=f"step{step}", references=Subset(k, seed=seed)
+        )
+        layers.append(Layer(aggregate))
+    last: Agent
+    if final == "vote":
+        last = Vote(extractor=extractor or AnswerExtractor())
+    elif final == "aggregate":
+        last = Aggregator(
+            engine,
+            sampling=SamplingParams(temperature=temperature, max_tokens=max_tokens),
+            template=template,
+            name="final",
+            references=Subset(k, seed=seed),
+        )
+    else:
+        raise ConfigError(f"final is 'vote' or 'aggregate', got {final!r}", path="final")
+    return Topology(layers, last)

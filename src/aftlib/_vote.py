@@ -1,0 +1,109 @@
+"""Majority voting over the final answers of the previous layer's candidates (self-consistency)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from attrs import define, field
+
+from ._agents import Agent, Emit
+from ._errors import ConfigError, EngineError
+from ._extract import AnswerExtractor
+from ._logging import get_logger
+from ._results import Candidate, CandidateDone, TokenDelta
+from ._types import Completion, Message
+
+__all__ = ("NoAnswerError", "Vote")
+
+NoAnswer = Literal["error", "first"]
+
+
+class NoAnswerError(EngineError):
+    """A vote found no answer in any candidate (and was told to fail rather than fall back)."""
+
+
+def _check_no_answer(_: object, __: object, value: str) -> None:
+    if value not in ("error", "first"):
+        raise ConfigError(f"on_no_answer is 'error' or 'first', got {value!r}", path="on_no_answer")
+
+
+@define(eq=False)
+class Vote(Agent):
+    r"""Keep the answer most candidates agree on; no model is asked.
+
+    The answer of every candidate of the layer before is extracted (:class:`~aftlib.AnswerExtractor`:
+    ``#### N``, ``\boxed{}``, "The answer is", the last number, a multiple-choice letter, a regex) and
+    normalised; the most frequent answer wins. Ties go to the answer whose first candidate comes first
+    in layer order (agent order, then sample index). The vote gives one candidate: the first draft that
+    holds the winning answer, whole, so its reasoning comes with it. Its :attr:`~aftlib.Candidate.details`
+    record the counts, the agreement (the winner's share of the candidates) and the candidates with no
+    answer, which are counted apart and never win.
+
+    Attributes:
+        extractor: How answers are found; by default ``####``, "the answer is", ``\boxed{}``, then the
+            last number.
+        on_no_answer: When no candidate has an answer: ``"error"`` fails the run with
+            :class:`NoAnswerError`; ``"first"`` gives the first candidate, recorded as a fallback.
+        name: The agent's name.
+    """
+
+    reads_references: ClassVar[bool] = True
+
+    extractor: AnswerExtractor = field(factory=AnswerExtractor, kw_only=True)
+    on_no_answer: NoAnswer = field(default="error", kw_only=True, validator=_check_no_answer)
+    name: str = field(default="vote", kw_only=True)
+
+    def describe(self) -> dict[str, Any]:
+        """The class, name, extractor and fallback."""
+        extractor = {"strategies": list(self.extractor.strategies), "pattern": self.extractor.pattern}
+        return {**super().describe(), "extractor": extractor, "on_no_answer": self.on_no_answer}
+
+    def tally(self, texts: Sequence[str]) -> tuple[int | None, dict[str, Any]]:
+        """The position of the text that wins the vote (None when no text has an answer), and the counts."""
+        answers = [self.extractor.extract(text).answer for text in texts]
+        counts = Counter(a for a in answers if a is not None)
+        details: dict[str, Any] = {
+            "votes": dict(counts.most_common()),
+            "no_answer": sum(a is None for a in answers),
+            "answers": answers,
+        }
+        if not counts:
+            return None, {**details, "answer": None, "agreement": 0.0}
+        top = max(counts.values())
+        winner = next(a for a in answers if a is not None and counts[a] == top)  # the earliest of the tied
+        details.update(answer=winner, agreement=round(top / len(texts), 6))
+        return answers.index(winner), details
+
+    async def run(
+        self,
+        conversation: Sequence[Message],
+        references: Sequence[str],
+        *,
+        layer: int,
+        emit: Emit | None,
+        is_answer: bool = False,
+    ) -> tuple[tuple[Candidate, ...], Completion]:
+        """Vote over ``references``; the winning draft comes out whole."""
+        if not references:
+            raise NoAnswerError(f"vote {self.name!r} of layer {layer}: there are no candidates to vote on")
+        chosen, details = self.tally(references)
+        if chosen is None:
+            if self.on_no_answer == "error":
+                raise NoAnswerError(
+                    f"vote {self.name!r} of layer {layer}: none of the {len(references)} candidates has an "
+                    f"answer the extractor finds (strategies: {', '.join(self.extractor.strategies)})"
+                )
+            chosen = 0
+            details["fallback"] = "first"
+        details["chosen"] = chosen
+        get_logger(__name__, layer=layer, agent=self.name).debug(
+            "vote", answer=details["answer"], agreement=details["agreement"]
+        )
+        candidate = Candidate(layer, self.name, 0, references[chosen], "stop", details=details)
+        if emit is not None:
+            if is_answer:  # the answer's deltas always concatenate to the result's text
+                await emit(TokenDelta(layer, self.name, 0, candidate.text, True))
+            await emit(CandidateDone(candidate))
+        return (candidate,), Completion(())
