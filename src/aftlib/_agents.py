@@ -3,7 +3,7 @@
 :class:`Agent` is the base of everything a layer holds: it reads the conversation (an aggregator also
 the previous layer's candidates) and gives candidates. :class:`ModelAgent` asks an engine:
 :class:`Proposer`, :class:`Aggregator` and :class:`SequentialAggregator` are model agents, and so are the
-selection strategies of :mod:`aftlib._strategies`; :class:`~aftlib.Vote` asks no engine.
+selection strategies of :mod:`aftlib._select`; :class:`~aftlib.Vote` asks no engine.
 """
 
 from __future__ import annotations

@@ -387,7 +387,9 @@ class BestOfN(ModelAgent):
                     f"gave only {count} candidates"
                 )
             # Rendered before any request is sent, so that a template error is raised as itself.
-            prepared = [self._fit(conversation, [text], self.sampling) for text in references]
+            prepared = (
+                [self._fit(conversation, [text], self.sampling) for text in references] if count > 1 else []
+            )
             scores: list[float | None] = [None] * count
             raw: list[str | None] = [None] * count
             completions: dict[int, Completion] = {}

@@ -23,11 +23,21 @@ from .._util import publish as _publish
 from ._aft import AftConfig, GenerationParams
 from ._engines import EngineSpec, FakeEngineSpec, OpenAIEngineSpec, RetryConfig, VLLMEngineSpec
 from ._load import load, parse
-from ._topology import AgentConfig, LayerConfig, TopologyConfig
+from ._topology import (
+    AgentConfig,
+    EarlyExitConfig,
+    ExtractorConfig,
+    LayerConfig,
+    ReferencesConfig,
+    TopologyConfig,
+)
 
 __all__ = (
     "AftConfig",
     "AgentConfig",
+    "EarlyExitConfig",
+    "ExtractorConfig",
+    "ReferencesConfig",
     "EngineSpec",
     "FakeEngineSpec",
     "GenerationParams",

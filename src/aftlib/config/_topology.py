@@ -15,18 +15,62 @@ from typing import Any
 import attrs
 from attrs import field, frozen
 
-from .._agents import Agent, Aggregator, Proposer, SequentialAggregator
+from .._agents import Agent, Aggregator, Proposer, SequentialAggregator, Subset
 from .._errors import ConfigError
+from .._extract import AnswerExtractor
 from .._templates import builtin_templates
-from .._topology import Layer, Topology
+from .._topology import EarlyExit, Layer, Topology
 from .._types import SamplingParams
+from .._vote import Vote
 from ..engines._base import Engine
 from ._converter import at, config_class, converter, did_you_mean, kind_of
 from ._engines import EngineHook, EngineSpec, build_engine
 
-__all__ = ("AgentConfig", "LayerConfig", "TopologyConfig")
+__all__ = (
+    "AgentConfig",
+    "EarlyExitConfig",
+    "ExtractorConfig",
+    "LayerConfig",
+    "ReferencesConfig",
+    "TopologyConfig",
+)
 
 _ROLES = ("proposer", "aggregator", "sequential_aggregator")
+_TYPES = (*_ROLES, "vote", "select", "best_of_n")
+_READERS = ("aggregator", "sequential_aggregator", "select", "best_of_n", "vote")
+
+
+@config_class("an answer extractor")
+@frozen
+class ExtractorConfig:
+    """How answers are found (:class:`~aftlib.AnswerExtractor`): strategies in order, and a regex."""
+
+    strategies: list[str] = field(factory=lambda: list(AnswerExtractor().strategies))
+    pattern: str | None = None
+
+    def build(self) -> AnswerExtractor:
+        """The extractor."""
+        return AnswerExtractor(strategies=tuple(self.strategies), pattern=self.pattern)
+
+
+@config_class("a reference subset")
+@frozen
+class ReferencesConfig:
+    """Which of the previous layer's candidates an aggregator reads (:class:`~aftlib.Subset`)."""
+
+    subset: int | None = None
+    drop: float = 0.0
+    seed: int = 0
+
+
+@config_class("an early exit")
+@frozen
+class EarlyExitConfig:
+    """Stop when a layer's candidates agree (:class:`~aftlib.EarlyExit`)."""
+
+    by: str = "answer"
+    min_agreement: float = 1.0
+    extractor: ExtractorConfig = field(factory=ExtractorConfig)
 
 
 @config_class("an agent")
@@ -34,18 +78,26 @@ _ROLES = ("proposer", "aggregator", "sequential_aggregator")
 class AgentConfig:
     """One agent of a topology file.
 
-    ``role`` is ``proposer``, ``aggregator`` or ``sequential_aggregator`` (which needs ``window``);
-    ``template`` defaults to the role's AFT template; ``sampling`` holds the keys of
-    :class:`~aftlib.SamplingParams` (its defaults where a key is left out).
+    ``type`` (or ``role``) is ``proposer``, ``aggregator``, ``sequential_aggregator`` (which needs
+    ``window``), ``vote`` (no engine: a majority of extracted answers), ``select`` (an LLM picks the best
+    candidate) or ``best_of_n`` (an LLM scores each candidate); ``template`` defaults to the kind's
+    template; ``sampling`` holds the keys of :class:`~aftlib.SamplingParams` (its defaults where a key
+    is left out); ``references: {subset: K, drop: P, seed: S}`` makes an aggregator read a seeded random
+    subset of the previous layer's candidates.
     """
 
-    engine: str
-    role: str = "proposer"
+    engine: str | None = None
+    role: str | None = None
+    type: str | None = None
     template: str | None = None
     sampling: SamplingParams = field(factory=SamplingParams)
     lora: str | None = None
     shuffle: int | None = None
     window: int | None = None
+    references: ReferencesConfig | None = None
+    extractor: ExtractorConfig | None = None
+    on_no_answer: str | None = None
+    min_scores: int | None = None
 
 
 @config_class("a layer mapping", aliases={"deadline": "timeout", "quorum": "min_candidates"})
@@ -101,6 +153,7 @@ class TopologyConfig:
     layers: list[list[str] | LayerConfig]
     final: str
     template_dirs: list[str] | None = None
+    early_exit: EarlyExitConfig | None = None
 
     def topology(self, base: Path | None = None, *, engine_hook: EngineHook | None = None) -> Topology:
         """Build the engines (not started), the agents and the topology.
@@ -138,35 +191,83 @@ class TopologyConfig:
             layers.append(layer)
         if self.final not in agents:
             raise ConfigError(_unknown("agent", self.final, agents), path="final")
+        early_exit = None
+        if self.early_exit is not None:
+            with at("early_exit"):
+                spec_exit = self.early_exit
+                with at("extractor"):
+                    extractor = spec_exit.extractor.build()
+                early_exit = EarlyExit(spec_exit.by, spec_exit.min_agreement, extractor)
         with at(default="layers"):
-            return Topology(layers, agents[self.final])
+            return Topology(layers, agents[self.final], early_exit=early_exit)
 
     def _agent(self, name: str, spec: AgentConfig, engines: Mapping[str, Engine], dirs: list[Path]) -> Agent:
         path = f"agents.{name}"
+        if spec.role is not None and spec.type is not None and spec.role != spec.type:
+            raise ConfigError("give 'type' or 'role', not both", path=f"{path}.type")
+        kind = spec.type or spec.role or "proposer"
+        if kind not in _TYPES:
+            key = "type" if spec.type is not None else "role"
+            raise ConfigError(
+                f"unknown {key} {kind!r}; {did_you_mean(kind, _TYPES)}choose {', '.join(_TYPES)}",
+                path=f"{path}.{key}",
+            )
+        self._check_keys_for(kind, spec, path)
+        if kind == "vote":
+            with at(path):
+                with at("extractor"):
+                    extractor = (spec.extractor or ExtractorConfig()).build()
+                fallback: Any = spec.on_no_answer or "error"  # Vote checks the value and names the key
+                return Vote(extractor=extractor, on_no_answer=fallback, name=name)
+        if spec.engine is None:
+            raise ConfigError(f"missing key 'engine': a {kind} needs 'engine'", path=f"{path}.engine")
         if spec.engine not in engines:
             raise ConfigError(_unknown("engine", spec.engine, engines), path=f"{path}.engine")
         common: dict[str, Any] = {"sampling": spec.sampling, "name": name, "lora": spec.lora}
         if spec.template is not None:
             common["template"] = _template(spec.template, dirs, f"{path}.template")
         engine = engines[spec.engine]
-        if spec.role not in _ROLES:
-            hint = did_you_mean(spec.role, _ROLES)
-            raise ConfigError(
-                f"unknown role {spec.role!r}; {hint}choose {', '.join(_ROLES)}", path=f"{path}.role"
-            )
-        if spec.shuffle is not None and spec.role == "proposer":
+        subset = None
+        if spec.references is not None:
+            with at(f"{path}.references"):
+                subset = Subset(spec.references.subset, spec.references.drop, spec.references.seed)
+        with at(path):
+            if kind == "proposer":
+                return Proposer(engine, **common)
+            if kind == "aggregator":
+                return Aggregator(engine, shuffle=spec.shuffle, references=subset, **common)
+            if kind == "select":
+                from .._select import Select
+
+                return Select(engine, **common)
+            if kind == "best_of_n":
+                from .._select import BestOfN
+
+                return BestOfN(engine, min_scores=spec.min_scores, **common)
+            assert spec.window is not None
+            return SequentialAggregator(engine, shuffle=spec.shuffle, window=spec.window, **common)
+
+    @staticmethod
+    def _check_keys_for(kind: str, spec: AgentConfig, path: str) -> None:
+        """Keys that only some kinds of agent take, named where they do not belong."""
+        if spec.shuffle is not None and kind == "proposer":
             raise ConfigError("a proposer reads no references to shuffle", path=f"{path}.shuffle")
-        if (spec.window is not None) != (spec.role == "sequential_aggregator"):
+        if (spec.window is not None) != (kind == "sequential_aggregator"):
             raise ConfigError(
                 "'window' goes with, and only with, role sequential_aggregator", path=f"{path}.window"
             )
-        with at(path):
-            if spec.role == "proposer":
-                return Proposer(engine, **common)
-            if spec.role == "aggregator":
-                return Aggregator(engine, shuffle=spec.shuffle, **common)
-            assert spec.window is not None
-            return SequentialAggregator(engine, shuffle=spec.shuffle, window=spec.window, **common)
+        if spec.references is not None and kind != "aggregator":
+            raise ConfigError(
+                f"'references' is for aggregators; a {kind} reads every candidate", path=f"{path}.references"
+            )
+        only = {"extractor": "vote", "on_no_answer": "vote", "min_scores": "best_of_n"}
+        for key, owner in only.items():
+            if getattr(spec, key) is not None and kind != owner:
+                raise ConfigError(f"'{key}' goes with type {owner}, not {kind}", path=f"{path}.{key}")
+        if kind == "vote":
+            for key in ("engine", "template", "lora", "shuffle"):
+                if getattr(spec, key) is not None:
+                    raise ConfigError(f"a vote asks no model: '{key}' has no use here", path=f"{path}.{key}")
 
 
 def _template(name: str, dirs: list[Path], path: str) -> str:
