@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -206,6 +208,44 @@ def describe_topology(topology: Topology) -> dict[str, Any]:
     }
 
 
+@define
+class Latencies:
+    """The time to answer and to the first answer token of every record answered, in seconds.
+
+    Kept as arrays of doubles (8 bytes a record), so a long run's memory barely grows with them.
+    """
+
+    answer: array[float] = field(factory=lambda: array("d"))
+    first_token: array[float] = field(factory=lambda: array("d"))
+
+    def add(self, answer: float, first_token: float | None) -> None:
+        """Count one answered record."""
+        self.answer.append(answer)
+        if first_token is not None:
+            self.first_token.append(first_token)
+
+    def report(self) -> dict[str, Any]:
+        """``{"p50", "p90", "p99", "mean", "first_token": {...the same}}``, seconds (None when empty)."""
+        return {**percentiles(self.answer), "first_token": percentiles(self.first_token)}
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """p50, p90, p99 (nearest rank) and the mean of ``values``, rounded to the millisecond."""
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "mean": None}
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return round(ordered[max(math.ceil(p * len(ordered)) - 1, 0)], 3)
+
+    return {
+        "p50": rank(0.5),
+        "p90": rank(0.9),
+        "p99": rank(0.99),
+        "mean": round(sum(ordered) / len(ordered), 3),
+    }
+
+
 def _key(rid: Any) -> str:
     return json.dumps(rid)
 
@@ -304,6 +344,7 @@ class Runner:
     _ledger: Ledger = field(init=False, repr=False)
     _counts: dict[str, int] = field(factory=dict, init=False, repr=False)
     _errors_file: Path | None = field(default=None, init=False, repr=False)
+    _latency: Latencies = field(factory=lambda: Latencies(), init=False, repr=False)
     _claimed: bool = field(default=False, init=False, repr=False)
     _origin_record: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
@@ -458,6 +499,7 @@ class Runner:
         if self.on_progress is not None:
             self.on_progress(self.stats)  # the run starts: nothing finished yet
         self._ledger = Ledger(self.topology, self.prices)
+        self._latency = Latencies()
         self._counts = {"records": 0, "bad": 0}
         started = time.time()
         journal = None if self.output is None else journal_path(self.output, self.format)
@@ -539,6 +581,14 @@ class Runner:
         report = self._ledger.report()
         report["run_id"] = self.run_id
         report["interrupted"] = interrupted
+        elapsed = time.monotonic() - self.stats.started
+        report["latency"] = self._latency.report()
+        report["throughput"] = {
+            "records_per_s": round(self.stats.done / elapsed, 4) if elapsed > 0 else None,
+            "completion_tokens_per_s": round(self._ledger.total.completion_tokens / elapsed, 2)
+            if elapsed > 0
+            else None,
+        }
         if started is not None:
             report["started"] = _iso(started)
             report["finished"] = _iso(time.time())
@@ -594,6 +644,13 @@ class Runner:
         with log_context(record=record.id):
             log = get_logger(__name__)
             start = time.monotonic()
+            first_token: float | None = None
+
+            def on_answer(event: object) -> None:
+                nonlocal first_token
+                if first_token is None:
+                    first_token = time.monotonic() - start
+
             conversation = list(record.conversation)
             results: list[Result] = []
             line: dict[str, Any] = {**record.data, "id": record.id}
@@ -602,7 +659,7 @@ class Runner:
                 for followup in (None, *record.followups):
                     if followup is not None:
                         conversation += [Message("assistant", results[-1].text), Message("user", followup)]
-                    results.append(await self.topology.run(conversation))
+                    results.append(await self.topology.run(conversation, on_answer=on_answer))
             except (AftError, Exception) as exc:  # a failed record is written, never dropped
                 log.warning("record failed", error=f"{type(exc).__name__}: {exc}")
                 line.update(status="error", error=f"{type(exc).__name__}: {exc}")
@@ -623,7 +680,12 @@ class Runner:
             cost = sum(known) if costs and len(known) == len(costs) else None
             usage = Usage.sum(r.usage for r in results)
             line["usage"] = usage_dict(usage, cost)
-            line["timings"] = {"elapsed": round(time.monotonic() - start, 4)}
+            elapsed = time.monotonic() - start
+            line["timings"] = {"elapsed": round(elapsed, 4)}
+            if first_token is not None:
+                line["timings"]["first_token"] = round(first_token, 4)
+            if line["status"] == "done":
+                self._latency.add(elapsed, first_token)
             if self.trace:
                 line["trace"] = [trace(r) for r in results]
             return line, usage.completion_tokens

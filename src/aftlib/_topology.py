@@ -318,6 +318,7 @@ class Topology:
         conversation: Sequence[Mapping[str, Any]] | str,
         *,
         on_event: EventCallback | None = None,
+        on_answer: EventCallback | None = None,
     ) -> Result:
         """Run the pipeline on one conversation.
 
@@ -327,6 +328,9 @@ class Topology:
             on_event: Called (and awaited, if it returns an awaitable) with every :class:`Event`, in order,
                 in the calling task. A slow callback slows the run down (the events wait in a bounded
                 buffer) but never counts against a layer's or an engine's timeout.
+            on_answer: Called with the answer's :class:`TokenDelta` events only, as they are generated;
+                without ``on_event`` only the final agent streams, so this costs little (the runner uses it
+                for the time to the first answer token).
 
         Returns:
             The answer with every layer's candidates and the tokens used.
@@ -336,20 +340,24 @@ class Topology:
             EngineError: An engine failed.
         """
         messages = as_conversation(conversation)
-        emit = emitter(on_event)
-        if emit is None:  # no one watches: no events are built, engines need not stream
-            return await self._run(messages, None)
+        emit, answer = emitter(on_event), emitter(on_answer)
+        if emit is None:  # no one watches every token: drafts need not stream
+            return await self._run(messages, None, answer_emit=answer)
         result: Result | None = None
         async with self.stream(messages) as events:
             async for event in events:
                 await emit(event)
+                if answer is not None and isinstance(event, TokenDelta) and event.is_answer:
+                    await answer(event)
                 if isinstance(event, AnswerDone):
                     result = event.result
         if result is None:
             raise RuntimeError("the run ended without an answer")
         return result
 
-    async def _run(self, conversation: tuple[Message, ...], emit: Emit | None) -> Result:
+    async def _run(
+        self, conversation: tuple[Message, ...], emit: Emit | None, *, answer_emit: Emit | None = None
+    ) -> Result:
         start = time.perf_counter()
         log = get_logger(__name__, layers=len(self.layers))
         layers: list[LayerResult] = []
@@ -363,9 +371,19 @@ class Topology:
                 await emit(LayerDone(done))
             agreed = None if self.early_exit is None else self.early_exit.agreed(done.candidates)
             if agreed is not None:
-                return await self._exit_early(agreed, layers, start, emit)
+                result = await self._exit_early(agreed, layers, start, emit)
+                if emit is None and answer_emit is not None:
+                    await answer_emit(TokenDelta(agreed.layer, agreed.agent, agreed.index, agreed.text, True))
+                return result
+        final_emit = emit
+        if emit is None and answer_emit is not None:
+
+            async def final_emit(event: Event) -> None:  # only the answer's tokens, nothing else
+                if isinstance(event, TokenDelta) and event.is_answer:
+                    await answer_emit(event)
+
         (answer,), completion = await self.final.run(
-            conversation, references, layer=len(self.layers), emit=emit, is_answer=True
+            conversation, references, layer=len(self.layers), emit=final_emit, is_answer=True
         )
         result = Result(
             answer,

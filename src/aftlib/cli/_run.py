@@ -261,6 +261,20 @@ def _summary(summary: RunSummary, timings: dict[str, float]) -> str:
     if "engine start" in timings:
         lines.append(f"engine start: {timings['engine start']:,.1f}s")
     lines.append(f"generation: {summary.elapsed:,.1f}s")
+    latency, throughput = summary.report.get("latency", {}), summary.report.get("throughput", {})
+    if latency.get("p50") is not None:
+        first = latency.get("first_token", {})
+        line = (
+            f"time to answer: p50 {latency['p50']:,.2f}s, p90 {latency['p90']:,.2f}s, "
+            f"p99 {latency['p99']:,.2f}s"
+        )
+        if first.get("p50") is not None:
+            line += f"; first answer token p50 {first['p50']:,.2f}s, p90 {first['p90']:,.2f}s"
+        lines.append(line)
+        lines.append(
+            f"throughput: {throughput['records_per_s']:,.2f} records/s, "
+            f"{throughput['completion_tokens_per_s']:,.0f} generated tokens/s"
+        )
     if summary.output is not None:
         lines.append(f"output: {summary.output}")
         lines.append(f"summary: {summary_path(summary.output)}")
