@@ -66,7 +66,11 @@ def test_select_and_best_of_n_from_a_file() -> None:
     ("change", "where", "message"),
     [
         (("rsa", "references", {"subset": 9}), "layers[1].references.subset", "gives 5 candidates"),
-        (("pick", "extractor", {"strategies": ["regex"], "pattern": "(open"}), "agents.pick.extractor", "not a valid regular expression"),
+        (
+            ("pick", "extractor", {"strategies": ["regex"], "pattern": "(open"}),
+            "agents.pick.extractor",
+            "not a valid regular expression",
+        ),
         (("pick", "type", "voet"), "agents.pick.type", "did you mean 'vote'"),
         (("pick", "engine", "a"), "agents.pick.engine", "a vote asks no model"),
         (("draft_a", "references", {"subset": 2}), "agents.draft_a.references", "for aggregators"),

@@ -19,21 +19,21 @@ from pathlib import Path
 
 import pytest
 
-from aftlib import ChatRequest
+from aftlib import ChatRequest, config
 from aftlib.engines import Engine, FakeEngine
-from aftlib.evaluate import Sweep, SweepReport
+from aftlib.evaluate import CellResult, Sweep, SweepReport
 
 pytestmark = pytest.mark.anyio
 
-DATA = Path(__file__).parent / "data" / "rsa_arithmetic_12.jsonl"
+DATA = Path(__file__).parent / "data" / "rsa_arithmetic_24.jsonl"
 P_RIGHT = 0.6
 """The share of drafts that hold the gold answer."""
 OFFSETS = (-5, -4, -3, -2, -1, 1, 2, 3, 4, 5)
-"""A wrong draft's answer is the gold answer plus one of these: wrong answers scatter, the right one repeats."""
+"""A wrong draft's answer is the gold answer plus one of these: wrong ones scatter, the right one repeats."""
 
-# The RSA topology: drafts, two aggregation steps (the same agent, each step drawing its own subsets),
-# a vote. ``&population`` makes the drafts and the steps share one sampling mapping, so the axis
-# ``agents.draft.sampling.n`` sets the population of every step at once.
+# The RSA topology: a population of drafts, one aggregation step (each member reads its own subset of
+# k drafts), then a vote. ``&population`` makes the drafts and the step share one sampling mapping, so
+# the axis ``agents.draft.sampling.n`` sets the population of both.
 BASE = """\
 engines:
   model: {type: fake}
@@ -49,20 +49,20 @@ agents:
     sampling: *population
     references: {subset: 1, seed: 0}
   vote: {type: vote}
-layers: [[draft], [step], [step]]
+layers: [[draft], [step]]
 final: vote
 """
 
 SWEEP = """\
 base: rsa.yaml
 axes:
-  agents.draft.sampling.n: [1, 3, 7]
+  agents.draft.sampling.n: [1, 3, 9]
   agents.step.references.subset: [1, 3]
 prompts: prompts.jsonl
 judge: {type: math, references: gold.jsonl}
 """
 
-POPULATIONS = (1, 3, 7)
+POPULATIONS = (1, 3, 9)
 KS = (1, 3)
 
 
@@ -120,7 +120,7 @@ def handler(request: ChatRequest, index: int) -> str:
 
 
 def _hook(engine: FakeEngine) -> Callable[[str, Callable[[], Engine]], Engine]:
-    """The sweep's engine hook: the scripted engine for the file's ``fake`` entry (a file holds no handler)."""
+    """The sweep's engine hook: the scripted engine for the file's ``fake`` entry (a file has no handler)."""
     return lambda key, build: engine
 
 
@@ -141,49 +141,51 @@ async def _run(folder: Path) -> tuple[SweepReport, FakeEngine]:
     return await sweep.run(folder / "out"), engine
 
 
-def _accuracy(report: SweepReport) -> dict[tuple[int, int], float]:
-    out = {}
-    for row in report.results:
-        if row.status == "done":
-            assert row.value is not None
-            values = row.cell.values
-            out[(values["agents.draft.sampling.n"], values["agents.step.references.subset"])] = row.value
-    return out
+def _cells(report: SweepReport) -> dict[tuple[int, int], CellResult]:
+    """The report's cells by (population, k)."""
+    return {
+        (r.cell.values["agents.draft.sampling.n"], r.cell.values["agents.step.references.subset"]): r
+        for r in report.results
+    }
 
 
 async def test_accuracy_rises_with_the_population_for_every_k(tmp_path: Path) -> None:
-    """Population 7 beats the smallest population of each k, and the single draft, under a final vote."""
+    """The largest population, under a final vote, beats a single draft (population 1), for each k."""
     report, _ = await _run(tmp_path)
-    accuracy = _accuracy(report)
+    cells = _cells(report)
+    accuracy = {key: r.value for key, r in cells.items() if r.status == "done"}
     assert set(accuracy) == {(n, k) for n in POPULATIONS for k in KS if k <= n}
     single = accuracy[(1, 1)]
+    assert single is not None
     assert single < 1.0  # some single drafts are wrong: there is something to gain
     for k in KS:
-        smallest = min(n for n in POPULATIONS if n >= k)
-        assert accuracy[(max(POPULATIONS), k)] > accuracy[(smallest, k)], (k, accuracy)
-        assert accuracy[(max(POPULATIONS), k)] > single, (k, accuracy)
-    assert all(row.n == len(GOLD) for row in report.results if row.status == "done")
-    assert all(row.metric == "accuracy" for row in report.results if row.status == "done")
+        largest = accuracy[(max(POPULATIONS), k)]
+        assert largest is not None
+        assert largest > single, (k, accuracy)
+    for key, row in cells.items():
+        if row.status == "done":
+            assert (row.metric, row.n, row.records) == ("accuracy", len(GOLD), len(GOLD)), key
 
 
 async def test_a_subset_larger_than_the_population_fails_its_cell_alone(tmp_path: Path) -> None:
     """Population 1 with k 3: that cell fails with the key path and the reason in its row; the others run."""
     report, _ = await _run(tmp_path)
-    statuses = {(r.cell.values["agents.draft.sampling.n"], r.cell.values["agents.step.references.subset"]): r
-                for r in report.results}
-    failed = statuses[(1, 3)]
+    failed = _cells(report)[(1, 3)]
     assert failed.status == "failed"
     assert "layers[1].references.subset" in (failed.error or "")
-    assert "reads subsets of 3 references" in (failed.error or "")
+    assert "reads subsets of 3 references, but the layer before it gives 1 candidates" in (failed.error or "")
     assert [r.status for r in report.results].count("done") == len(report.results) - 1
     with (tmp_path / "out" / "results.csv").open(encoding="utf-8") as handle:
-        rows = {(r["agents.draft.sampling.n"], r["agents.step.references.subset"]): r for r in csv.DictReader(handle)}
+        rows = {
+            (r["agents.draft.sampling.n"], r["agents.step.references.subset"]): r
+            for r in csv.DictReader(handle)
+        }
     assert rows[("1", "3")]["status"] == "failed"
     assert "layers[1].references.subset" in rows[("1", "3")]["error"]
 
 
-async def test_results_table_plots_and_each_cells_answers_are_written(tmp_path: Path) -> None:
-    """results.csv (a row per cell), results.md and the quality-vs-tokens plots exist; answers are votes."""
+async def test_the_results_table_and_plots_are_written(tmp_path: Path) -> None:
+    """results.csv (a row per cell, in grid order), results.md and the quality-vs-tokens plots exist."""
     report, _ = await _run(tmp_path)
     out = tmp_path / "out"
     with (out / "results.csv").open(encoding="utf-8") as handle:
@@ -194,39 +196,33 @@ async def test_results_table_plots_and_each_cells_answers_are_written(tmp_path: 
     assert "accuracy ± se" in (out / "results.md").read_text(encoding="utf-8")
     for name in ("quality_vs_tokens.png", "quality_vs_tokens.svg"):
         assert (out / name).stat().st_size > 1000
-    done = [r for r in report.results if r.status == "done"]
-    for row in done:
-        answers = [json.loads(line) for line in (out / "cells" / row.cell.id / "answers.jsonl").open()]
-        assert len(answers) == len(GOLD)
-        assert all(a["status"] == "done" for a in answers)
-    # More population, more tokens: the plot's x axis is real.
-    tokens = {(r.cell.values["agents.draft.sampling.n"], r.cell.values["agents.step.references.subset"]):
-              r.tokens_per_record for r in done}
-    assert tokens[(7, 1)] > tokens[(3, 1)] > tokens[(1, 1)]
+    tokens = {key: r.tokens_per_record or 0.0 for key, r in _cells(report).items() if r.status == "done"}
+    assert (
+        tokens[(9, 1)] > tokens[(3, 1)] > tokens[(1, 1)] > 0
+    )  # a larger population costs more: a real x axis
 
 
-async def test_each_aggregation_reads_k_candidates_and_every_step_sends_one_request_per_member(
-    tmp_path: Path,
-) -> None:
-    """Every aggregation prompt holds k candidates; a cell's run sends 1 + 2 x population engine requests.
+async def test_each_cell_is_rsa_with_its_population_and_k(tmp_path: Path) -> None:
+    """A cell's config is RSA at its (population, k): 1 + N requests per problem, each member reading k.
 
-    The cache shares requests between cells, so the per-record count is checked on the recorded
-    answers' usage: each record of a cell with population N stood for 1 + 2N requests.
+    The shared ``sampling`` mapping carries the population axis to the step as well as to the drafts.
+    Each cell's config is built on a fresh scripted engine (no cache) and run on one problem.
     """
-    report, engine = await _run(tmp_path)
-    for request in engine.requests:
-        prompt = request.messages[-1].content
-        if "Candidate solution 1:" in prompt:
-            assert request.sampling.n == 1  # each member reads its own subset: its own request
-            assert prompt.count("Candidate solution ") in KS
-    seen = {prompt.count("Candidate solution ") for prompt in (r.messages[-1].content for r in engine.requests)}
-    assert {1, 3} <= seen
-    out = tmp_path / "out"
-    for row in report.results:
-        if row.status != "done":
+    sweep = Sweep.load(_write(tmp_path))
+    question = next(iter(GOLD))
+    for cell in sweep.cells:
+        population, k = cell.values["agents.draft.sampling.n"], cell.values["agents.step.references.subset"]
+        if k > population:
             continue
-        population = row.cell.values["agents.draft.sampling.n"]
-        for line in (out / "cells" / row.cell.id / "answers.jsonl").open():
-            answer = json.loads(line)
-            usage = answer["usage"]
-            assert usage["requests"] + usage.get("cached_requests", 0) <= 1 + 2 * population
+        engine = FakeEngine(handler=handler, name="model")
+        topology = config.parse(dict(cell.data), engine_hook=_hook(engine))
+        result = await topology.run(question)
+        assert len(engine.requests) == 1 + population, cell.id
+        assert [r.sampling.n for r in engine.requests] == [population] + [1] * population
+        step = result.layers[1].candidates
+        assert len(step) == population
+        assert all(c.read is not None and len(c.read) == k for c in step)
+        for candidate in step:
+            assert candidate.requests[0].messages[-1].content.count("Candidate solution ") == k
+        assert result.answer.agent == "vote"
+        assert sum(result.answer.details["votes"].values()) == population

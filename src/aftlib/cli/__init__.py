@@ -19,6 +19,7 @@ from ._common import exit_status, quiet_engine_loggers, shield_engine_process, s
 from ._data import data
 from ._eval import eval_command
 from ._run import demo, run
+from ._serve import serve_command
 from ._sweep import sweep_command
 from ._train import train_command
 
@@ -57,6 +58,7 @@ app.add_command(data)
 app.add_command(train_command)
 app.add_command(eval_command)
 app.add_command(sweep_command)
+app.add_command(serve_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ SIGINT (Ctrl-C) / SIGTERM, with one line saying what to rerun.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import anyio
 import click
+import sniffio
 import structlog
 
 from .._errors import AftError, ConfigError, InputError
@@ -138,10 +140,24 @@ def run_async(work: Callable[[], Awaitable[T]], *, hint: str | None = None) -> T
     with ``hint``, whatever the cancelled work raised (an exception group included). A second signal
     while the work winds down is ignored. A task group's lone error reaches the caller as itself.
     """
+    if _in_an_event_loop():
+        # Called from code that already runs an event loop in this thread (a notebook, a test session):
+        # run the command on a thread of its own. Only the main thread can watch signals; there the
+        # caller's own Ctrl-C handling applies.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(lambda: anyio.run(work, backend="asyncio")).result()
     try:
         return anyio.run(_watched, work, backend="asyncio")
     except Interrupted as exc:
         raise exc.with_hint(hint) from None
+
+
+def _in_an_event_loop() -> bool:
+    try:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+    return True
 
 
 async def _watched(work: Callable[[], Awaitable[T]]) -> T:

@@ -90,7 +90,7 @@ class AgentConfig:
     role: str | None = None
     type: str | None = None
     template: str | None = None
-    sampling: SamplingParams = field(factory=SamplingParams)
+    sampling: SamplingParams | None = None
     lora: str | None = None
     shuffle: int | None = None
     window: int | None = None
@@ -223,7 +223,9 @@ class TopologyConfig:
             raise ConfigError(f"missing key 'engine': a {kind} needs 'engine'", path=f"{path}.engine")
         if spec.engine not in engines:
             raise ConfigError(_unknown("engine", spec.engine, engines), path=f"{path}.engine")
-        common: dict[str, Any] = {"sampling": spec.sampling, "name": name, "lora": spec.lora}
+        common: dict[str, Any] = {"name": name, "lora": spec.lora}
+        if spec.sampling is not None:  # else the agent's own default (greedy for select and best_of_n)
+            common["sampling"] = spec.sampling
         if spec.template is not None:
             common["template"] = _template(spec.template, dirs, f"{path}.template")
         engine = engines[spec.engine]
