@@ -43,3 +43,17 @@ def test_aft_finetune_example_trains_and_serves() -> None:
     assert losses[-1] < losses[0] - 1.0
     assert "(merged)" in done.stdout
     assert "answer: In short:" in done.stdout
+
+
+def test_strategies_mix_example_dry_run() -> None:
+    """examples/strategies_mix.py --dry-run: MoA drafts, an RSA step and a vote; 6 requests per query."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "strategies_mix.py"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "votes:" in done.stdout
+    assert "answer:" in done.stdout
+    assert "requests: 6" in done.stdout

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_ships_templates_and_finds_them_when_installed(tmp_path: Path) -> None:
-    """A non-editable install of the wheel renders the AFT templates from inside the package."""
+    """The wheel ships every template and the playground; installed, it renders the AFT templates."""
     subprocess.run(
         [
             sys.executable,
@@ -29,9 +29,13 @@ def test_wheel_ships_templates_and_finds_them_when_installed(tmp_path: Path) -> 
     )
     (wheel,) = tmp_path.glob("aftlib-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("aft_propose", "aft_aggregate", "moa_aggregate", "passthrough"):
+    templates = sorted(p.stem for p in (ROOT / "prompts").glob("*.j2"))
+    assert {"aft_propose", "aft_aggregate", "moa_aggregate", "passthrough", "alpaca_eval_clf"} <= set(templates)
+    for name in templates:  # every template ships, the judges' and the strategies' too
         assert f"aftlib/prompts/{name}.j2" in names
     assert {"aftlib/data/sample_prompts.jsonl", "aftlib/data/demo.yaml", "aftlib/py.typed"} <= names
+    playground = {f"aftlib/serve/_playground/{f}" for f in ("index.html", "app.css", "app.js")}
+    assert playground <= names
 
     target = tmp_path / "site"
     subprocess.run(
