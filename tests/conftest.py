@@ -7,12 +7,17 @@ bound to the loop it was created on, serves every integration test. It starts on
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
+import anyio
 import pytest
 
 from aftlib.engines import VLLMEngine
+
+T = TypeVar("T")
 
 REFERENCE_AGGREGATOR = (
     "You are a helpful aggregator.\nYou have been provided with a set of responses from various "
@@ -36,6 +41,16 @@ TWO_TURNS = [
     {"role": "assistant", "content": "Seven."},
     {"role": "user", "content": "And one larger than {{ 100 }}?"},
 ]
+
+
+def run_fresh(function: Callable[..., Awaitable[T]], *args: Any, backend: str = "asyncio") -> T:
+    """Run ``function(*args)`` on a loop of its own, in a thread of its own.
+
+    Async tests and session fixtures share one loop in this thread; a sync test that runs async code
+    must not start another one here.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: anyio.run(function, *args, backend=backend)).result()
 
 
 @pytest.fixture(scope="session")

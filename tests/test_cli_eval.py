@@ -26,6 +26,8 @@ from aftlib._types import Usage
 from aftlib.cli import main
 from aftlib.evaluate import EvalItem, EvalSummary, Evaluation, Judge, Judgment, MathJudge, eval_path
 
+from .conftest import run_fresh
+
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).parents[1]
 
@@ -107,8 +109,8 @@ async def test_resume_after_a_stop_judges_nothing_twice(tmp_path: Path) -> None:
 KILLED = textwrap.dedent(
     """
     import sys, anyio
-    sys.path.insert(0, {tests!r})
-    from test_cli_eval import CountingJudge, items
+    sys.path.insert(0, {root!r})
+    from tests.test_cli_eval import CountingJudge, items
     from aftlib.evaluate import Evaluation
     anyio.run(Evaluation(CountingJudge(delay=float(sys.argv[2])), items(), sys.argv[1], concurrency=1).run)
     """
@@ -119,7 +121,7 @@ def test_resume_after_kill_9(tmp_path: Path) -> None:
     """A process killed with SIGKILL mid-run leaves whole lines; the rerun judges only the rest."""
     out = tmp_path / "judgments.jsonl"
     script = tmp_path / "judge.py"
-    script.write_text(KILLED.format(tests=str(Path(__file__).parent)))
+    script.write_text(KILLED.format(root=str(Path(__file__).parents[1])))
     process = subprocess.Popen([sys.executable, str(script), str(out), "0.4"], cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
@@ -133,7 +135,7 @@ def test_resume_after_kill_9(tmp_path: Path) -> None:
     judged = [line["id"] for line in lines(out)]
     assert 2 <= len(judged) < 5
     second = CountingJudge()
-    anyio.run(Evaluation(second, items(), out).run)
+    run_fresh(Evaluation(second, items(), out).run)
     assert sorted(second.calls) == sorted({f"r{i}" for i in range(5)} - set(judged))
     assert sorted(line["id"] for line in lines(out)) == [f"r{i}" for i in range(5)]
 

@@ -30,7 +30,9 @@ def test_wheel_ships_templates_and_finds_them_when_installed(tmp_path: Path) -> 
     (wheel,) = tmp_path.glob("aftlib-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     templates = sorted(p.stem for p in (ROOT / "prompts").glob("*.j2"))
-    assert {"aft_propose", "aft_aggregate", "moa_aggregate", "passthrough", "alpaca_eval_clf"} <= set(templates)
+    assert {"aft_propose", "aft_aggregate", "moa_aggregate", "passthrough", "alpaca_eval_clf"} <= set(
+        templates
+    )
     for name in templates:  # every template ships, the judges' and the strategies' too
         assert f"aftlib/prompts/{name}.j2" in names
     assert {"aftlib/data/sample_prompts.jsonl", "aftlib/data/demo.yaml", "aftlib/py.typed"} <= names

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 import structlog
@@ -28,6 +27,8 @@ from aftlib import Aggregator, Proposer, SamplingParams, Topology
 from aftlib.cli import main
 from aftlib.serve import create_app
 from aftlib.testing import FakeEngine
+
+from .conftest import run_fresh
 
 QUESTION = [{"role": "user", "content": "Name a prime number."}]
 
@@ -89,7 +90,7 @@ def post(url: str, body: Any, **kwargs: Any) -> httpx.Response:
 
 def in_process(topology: Topology | None = None) -> Any:
     """The same question through the same topology, in this process."""
-    return anyio.run((topology or fake_topology()).run, QUESTION)
+    return run_fresh((topology or fake_topology()).run, QUESTION)
 
 
 def test_models_lists_topologies_and_aliases(url: str) -> None:
@@ -145,7 +146,7 @@ def test_an_alias_and_text_parts_and_developer_role_are_accepted(url: str) -> No
         },
     ]
     body = post(url, {"model": "moa", "messages": messages, "user": "x", "some_extra": 1}).json()
-    expected = anyio.run(
+    expected = run_fresh(
         fake_topology().run,
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a prime."}],
     )

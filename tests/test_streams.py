@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TypeVar
 
@@ -27,15 +26,11 @@ from aftlib import (
 from aftlib.engines import LimitedEngine, RetryingEngine, StreamItem
 from aftlib.testing import FakeEngine
 
+from .conftest import run_fresh
+
 T = TypeVar("T")
 
 LONG = " ".join(f"word{i}" for i in range(40))
-
-
-def run_fresh(function: Callable[[], Awaitable[T]], backend: str) -> T:
-    """Run ``function`` on ``backend`` in a thread of its own (the test session's loop runs in this one)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(anyio.run, function, backend=backend).result()
 
 
 def fast_engine() -> FakeEngine:
@@ -81,7 +76,7 @@ async def slow_on_event_with_retry_timeout() -> str:
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_slow_on_event_consumer_does_not_time_out_a_fast_engine(backend: str) -> None:
     """With RetryingEngine(timeout=0.2), a callback awaiting 50 ms per token still completes (>2 s waits)."""
-    assert run_fresh(slow_on_event_with_retry_timeout, backend) == LONG
+    assert run_fresh(slow_on_event_with_retry_timeout, backend=backend) == LONG
 
 
 async def consume(topology: Topology, delay: float) -> tuple[BaseException, int]:
@@ -103,7 +98,7 @@ async def both_speeds() -> list[tuple[BaseException, int]]:
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_failing_layer_raises_the_same_quorum_error_whatever_the_consumer_speed(backend: str) -> None:
     """A fast and a slow consumer of stream() both get a plain QuorumError naming the failed agent."""
-    outcomes = run_fresh(both_speeds, backend)
+    outcomes = run_fresh(both_speeds, backend=backend)
     for error, _ in outcomes:
         assert type(error) is QuorumError, repr(error)
         assert "bad" in str(error)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 from attrs import define, field
@@ -304,19 +305,19 @@ class CachingEngine(WrapperEngine):
         # unseeded samples are interchangeable: one request for all; seeded ones by contiguous run
         return [missing] if request.sampling.seed is None else _runs(missing)
 
-    def _store(
+    async def _store(
         self, base: str, request: ChatRequest, group: list[int], completion: Completion
     ) -> list[Sample]:
-        """Map a sub-request's samples to ``group``'s indices and store them."""
+        """Map a sub-request's samples to ``group``'s indices and store them (on a worker thread)."""
         samples = sorted(completion.samples, key=lambda s: s.index)
         placed = [attrs.evolve(sample, index=index) for index, sample in zip(group, samples, strict=False)]
-        for sample in placed:
-            self._write(
-                self._key(base, sample.index),
-                sample,
-                completion.usage.prompt_tokens,
-                request.sampling.seed is not None,
-            )
+        seeded = request.sampling.seed is not None
+
+        def write_all() -> None:
+            for sample in placed:
+                self._write(self._key(base, sample.index), sample, completion.usage.prompt_tokens, seeded)
+
+        await anyio.to_thread.run_sync(write_all)
         self.misses += len(placed)
         self.calls += 1
         self.generated_tokens += completion.usage.completion_tokens
@@ -343,7 +344,7 @@ class CachingEngine(WrapperEngine):
         base = self._base(request)
         n = request.sampling.n
         async with self._held(base):
-            cached = self._lookup(base, n) if read else {}
+            cached = await anyio.to_thread.run_sync(self._lookup, base, n) if read else {}
             self.hits += len(cached)
             self.reused_tokens += sum(e.sample.completion_tokens for e in cached.values())
             missing = [i for i in range(n) if i not in cached]
@@ -351,7 +352,7 @@ class CachingEngine(WrapperEngine):
             used = Usage()
             for group in self._groups(request, missing) if missing else []:
                 completion = await self.inner.generate(self._sub_request(request, group))
-                fresh += self._store(base, request, group, completion)
+                fresh += await self._store(base, request, group, completion)
                 used = used + completion.usage
             return self._answer(request, cached, fresh, used)
 
@@ -369,7 +370,7 @@ class CachingEngine(WrapperEngine):
         base = self._base(request)
         n = request.sampling.n
         async with self._held(base):
-            cached = self._lookup(base, n) if read else {}
+            cached = await anyio.to_thread.run_sync(self._lookup, base, n) if read else {}
             self.hits += len(cached)
             self.reused_tokens += sum(e.sample.completion_tokens for e in cached.values())
             for index in sorted(cached):
@@ -387,6 +388,6 @@ class CachingEngine(WrapperEngine):
                             await send.send(Delta(group[item.index], item.text))
                 if completion is None:
                     raise RuntimeError(f"engine {self.inner.name!r} ended a stream without a completion")
-                fresh += self._store(base, request, group, completion)
+                fresh += await self._store(base, request, group, completion)
                 used = used + completion.usage
             await send.send(self._answer(request, cached, fresh, used))

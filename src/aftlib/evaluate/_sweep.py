@@ -456,6 +456,11 @@ class Sweep:
                         "the alpaca_eval judge needs judge.baseline", path="judge.baseline", source=where
                     )
                 engine.check_logprobs("the AlpacaEval judge")
+                if "instructions" not in settings:  # the baseline's order, for the length-controlled rate
+                    from ._answers import read_baseline
+
+                    outputs, _ = read_baseline(self.folder / spec.baseline)
+                    settings = {**settings, "instructions": tuple(outputs)}
                 judge = AlpacaEvalJudge(engine, **settings)
             else:
                 from ._mtbench import MTBenchJudge
