@@ -218,7 +218,10 @@ def test_aftlib_run_cache_reuses_seeded_requests_across_runs(tmp_path: Path) -> 
     first = run("a.jsonl")
     assert all(line["usage"]["reused_tokens"] == 0 for line in first)  # type: ignore[index]
     second = run("b.jsonl")
-    for line, before in zip(second, first, strict=True):
+    earlier = {line["id"]: line for line in first}  # records finish in any order
+    assert sorted(earlier) == sorted(line["id"] for line in second)
+    for line in second:
+        before = earlier[line["id"]]
         usage: dict[str, int] = line["usage"]  # type: ignore[assignment]
         assert usage["reused_tokens"] > 0  # the seeded drafts
         assert usage["requests"] == 1  # the unseeded final aggregation was generated again
