@@ -101,6 +101,7 @@ def test_a_failing_layer_raises_the_same_quorum_error_whatever_the_consumer_spee
     outcomes = run_fresh(both_speeds, backend=backend)
     for error, _ in outcomes:
         assert type(error) is QuorumError, repr(error)
+        assert "injected fault" in str(error.__cause__)  # the failing engine's error stays the cause
         assert "bad" in str(error)
         assert [(f.agent, f.reason) for f in error.failures if f.reason == "error"] == [("bad", "error")]
     assert str(outcomes[0][0]) == str(outcomes[1][0])

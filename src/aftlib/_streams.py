@@ -46,9 +46,10 @@ class _Items(Generic[T]):
         try:
             return await self._receive.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if self._failure:
-                raise self._failure.pop() from None
-            raise StopAsyncIteration from None
+            pass
+        if self._failure:  # raised outside the except block: its own __cause__ is kept, no context added
+            raise self._failure.pop()
+        raise StopAsyncIteration
 
 
 @asynccontextmanager
