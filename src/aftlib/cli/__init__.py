@@ -2,9 +2,9 @@
 
 Built on click rather than typer: commands and options are declared explicitly (no type-hint magic),
 and it is one dependency (typer adds itself on top of click). Each command lives in its own module
-(``_run``: ``run`` and ``demo``; ``_data``: ``data``; ``_train``: ``train``); options used by several
-commands, the signal handling of long commands and the one mapping of errors to messages and exit
-codes live in ``_common``; the progress display in ``_display``.
+(``_run``: ``run`` and ``demo``; ``_merge``: ``merge``; ``_data``: ``data``; ``_train``: ``train``);
+options used by several commands, the signal handling of long commands and the one mapping of
+errors to messages and exit codes live in ``_common``; the progress display in ``_display``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import click
 from ._common import exit_status, quiet_engine_loggers, shield_engine_process, signals_raise, verbose_option
 from ._data import data
 from ._eval import eval_command
+from ._merge import merge_command
 from ._run import demo, run
 from ._serve import serve_command
 from ._sweep import sweep_command
@@ -54,6 +55,7 @@ def app() -> None:
 
 app.add_command(run)
 app.add_command(demo)
+app.add_command(merge_command)
 app.add_command(data)
 app.add_command(train_command)
 app.add_command(eval_command)
