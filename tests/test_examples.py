@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,26 @@ def test_strategies_mix_example_dry_run() -> None:
     assert "votes:" in done.stdout
     assert "answer:" in done.stdout
     assert "requests: 6" in done.stdout
+
+
+def test_ray_dataset_example_answers_through_a_vllm_server() -> None:
+    """examples/ray_dataset.py: two Ray actors answer the 8 sample prompts through a tiny vLLM server."""
+    done = run_example("ray_dataset.py")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "records: 8, done: 8, failed: 0" in done.stdout
+    assert done.stdout.count("    2 requests, ") == 8  # two drafts in one request, then the answer
+
+
+def test_ray_dataset_example_dry_run_writes_json_lines(tmp_path: Path) -> None:
+    """examples/ray_dataset.py --dry-run --output DIR: a fake engine's 8 answers in JSON-line files."""
+    folder = tmp_path / "answers"
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "ray_dataset.py"), "--dry-run", "--output", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "records: 8, done: 8, failed: 0" in done.stdout
+    lines = [line for path in folder.glob("*.json") for line in path.read_text("utf-8").splitlines()]
+    assert sorted(json.loads(line)["id"] for line in lines) == [f"sample-{i}" for i in range(1, 9)]
