@@ -46,6 +46,7 @@ from ._results import (
 )
 from ._runner import Runner, RunStats, RunSummary
 from ._select import BestOfN, Select
+from ._shards import MergeSummary, Shard, merge_shards
 from ._templates import PromptTemplate
 from ._topology import EarlyExit, Layer, Topology
 from ._trace import TracedRequest, traced_requests
@@ -94,6 +95,7 @@ __all__ = (
     "Layer",
     "LayerDone",
     "LayerResult",
+    "MergeSummary",
     "Message",
     "MissingExtraError",
     "ModelAgent",
@@ -111,6 +113,7 @@ __all__ = (
     "SamplingParams",
     "SequentialAggregator",
     "ServerError",
+    "Shard",
     "TemplateError",
     "TokenDelta",
     "TokenLogprob",
@@ -121,6 +124,7 @@ __all__ = (
     "config",
     "engines",
     "finetune",
+    "merge_shards",
     "presets",
     "testing",
     "traced_requests",

@@ -22,6 +22,7 @@ from attrs import define, evolve, field, frozen
 from ._budget import fit
 from ._errors import ConfigError
 from ._logging import context, get_logger
+from ._priority import current as current_priority
 from ._results import Candidate, CandidateDone, Event, TokenDelta
 from ._templates import PromptTemplate, as_template
 from ._types import ChatRequest, Completion, Cut, Delta, Message, SamplingParams, Usage
@@ -197,7 +198,7 @@ class ModelAgent(Agent):
             return self.template.messages(conversation, texts)
 
         messages, fitted, cuts = fit(self.engine, build, references, sampling)
-        return ChatRequest(messages, fitted, self.lora), cuts
+        return ChatRequest(messages, fitted, self.lora, priority=current_priority()), cuts
 
     async def run(
         self,
@@ -234,7 +235,7 @@ class ModelAgent(Agent):
             log.info(
                 "references cut to fit the context", cuts=len(cuts), max_tokens=request.sampling.max_tokens
             )
-        log.debug("request", n=request.sampling.n)
+        log.debug("request", n=request.sampling.n, priority=request.priority)
         completion: Completion | None = None
         if emit is None:  # no one watches the tokens: let the engine skip streaming them
             completion = await self.engine.generate(request)

@@ -1,7 +1,10 @@
 """The dataset runner: push every record of a file through a topology, pipelined, resumably.
 
 Records are pipelined: each one runs its own layers as soon as they can, never waiting for other
-records, and at most ``concurrency`` records are in flight. The input is streamed. Each finished record
+records. How many are in flight adapts to the engines (:mod:`._admission`: enough to keep vLLM's
+batches full, no more), or is a fixed ``concurrency``; every request goes at its priority by depth
+(:mod:`._priority`), so an engine that schedules by priority finishes records one after another. The
+input is streamed. Each finished record
 is appended to the output as one JSON line and flushed at once, so a crash loses at most the records in
 flight; rerunning the same command skips the records already done, repairs a torn last line, and retries
 records that failed. While it runs, the runner holds an exclusive lock on the output, and the output's
@@ -23,10 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
 from attrs import define, field, frozen
 
 from ._accounting import Ledger, PriceTable, usage_dict
+from ._admission import Admission
 from ._errors import AftError, ConfigError, InputError, QuorumError
 from ._io import (
     atomic_write,
@@ -40,9 +43,11 @@ from ._io import (
 )
 from ._logging import context as log_context
 from ._logging import get_logger
+from ._priority import next_order
 from ._records import BadLine, read_records
 from ._records import InputRecord as Record
 from ._results import AgentFailure, Result
+from ._shards import Shard, shard_spec
 from ._topology import Topology
 from ._trace import failure_dict, trace
 from ._types import Message, Usage
@@ -56,6 +61,7 @@ __all__ = (
     "journal_path",
     "run_path",
     "summary_path",
+    "write_format",
 )
 
 Format = Literal["jsonl", "aft", "alpaca_eval", "mt_bench"]
@@ -117,7 +123,9 @@ class RunStats:
         resumed: Records skipped because the output already had them.
         bad: Input lines that were not usable records.
         completion_tokens: Tokens generated in this run.
-        started: When the run started (``time.monotonic()``).
+        started: When the run started, on :attr:`clock`.
+        clock: The clock of the run's times (the runner passes ``anyio.current_time``, so a run under a
+            virtual clock is timed in virtual seconds).
     """
 
     total: int | None = None
@@ -125,8 +133,13 @@ class RunStats:
     failed: int = 0
     resumed: int = 0
     completion_tokens: int = 0
-    started: float = field(factory=time.monotonic)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, kw_only=True)
+    started: float = field(kw_only=True)
     bad: int = 0
+
+    @started.default
+    def _now(self) -> float:
+        return self.clock()
 
     @property
     def finished(self) -> int:
@@ -136,7 +149,7 @@ class RunStats:
     @property
     def elapsed(self) -> float:
         """Seconds since the run started."""
-        return max(time.monotonic() - self.started, 1e-9)
+        return max(self.clock() - self.started, 1e-9)
 
     @property
     def rate(self) -> float:
@@ -307,8 +320,14 @@ class Runner:
         topology: The topology (its engines already started).
         input: A JSONL file (streamed) or a JSON array file.
         output: Where finished records go; None writes JSONL to standard output (no resume).
-        concurrency: The most records in flight at once.
-        limit: Only the first ``limit`` input records.
+        concurrency: The most records in flight at once; None (the default) adapts to the engines: new
+            records start while the first layer's engines have room in their batches (vLLM's
+            ``max_num_seqs``), and 128 are in flight when an engine does not say its batch size.
+        limit: Only the first ``limit`` input records (counted before sharding).
+        shard: Only this shard's records (a :class:`~aftlib.Shard` or ``"I/N"``): the input items at
+            positions ``I, I + N, ...``, bad lines included; recorded in ``OUT.run.json``, and a rerun
+            of the output with another shard is refused. Merge shard outputs with
+            :func:`~aftlib.merge_shards`.
         format: ``jsonl`` (one line per record, as it finishes), or a file written at the end from the
             journal (:func:`journal_path`): ``aft`` (the input items with a ``response``, one JSON array,
             input order), ``alpaca_eval`` (``instruction, output, generator``) or ``mt_bench`` (FastChat
@@ -328,7 +347,7 @@ class Runner:
     topology: Topology
     input: Path = field(converter=Path)
     output: Path | None = field(default=None, converter=_optional_path)
-    concurrency: int = 128
+    concurrency: int | None = None
     limit: int | None = None
     format: str = "jsonl"
     trace: bool = False
@@ -340,6 +359,7 @@ class Runner:
     on_bad_line: Callable[[InputError], None] | None = None
     restart: bool = False
     config_name: str | None = None
+    shard: Shard | None = field(default=None, converter=shard_spec)
     stats: RunStats = field(factory=RunStats, init=False)
     _ledger: Ledger = field(init=False, repr=False)
     _counts: dict[str, int] = field(factory=dict, init=False, repr=False)
@@ -353,7 +373,7 @@ class Runner:
             raise ConfigError(f"unknown output format {self.format!r}; choose one of {', '.join(FORMATS)}")
         if self.format != "jsonl" and self.output is None:
             raise ConfigError(f"--format {self.format} needs an output file")
-        if self.concurrency < 1:
+        if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.limit is not None and self.limit < 0:
             raise ConfigError(f"limit must be >= 0, got {self.limit}")
@@ -420,6 +440,10 @@ class Runner:
             "config": self.config_name,
             "topology_fingerprint": fingerprint(topology),
             "topology": topology,
+            "shard": None if self.shard is None else self.shard.as_dict(),
+            "limit": self.limit,
+            "format": self.format,
+            "generator": self.generator,
         }
 
     def _check_origin(self) -> None:
@@ -433,12 +457,13 @@ class Runner:
                 earlier = json.loads(path.read_text(encoding="utf-8"))
         has_records = journal.is_file() and journal.stat().st_size > 0
         if has_records and isinstance(earlier, dict):
-            keys = ("input_fingerprint", "topology_fingerprint")
+            keys = ("input_fingerprint", "topology_fingerprint", "shard")
             if any(earlier.get(key) != origin[key] for key in keys):
+                sharded = bool(earlier.get("shard") or origin["shard"])
                 raise ConfigError(
-                    f"holds the answers of another run: it was made from {_made_from(earlier)}; this run "
-                    f"gives {_made_from(origin)}. Rerun with --restart to start over (the output and its "
-                    "side files are removed), or write to another output",
+                    f"holds the answers of another run: it was made from {_made_from(earlier, sharded)}; "
+                    f"this run gives {_made_from(origin, sharded)}. Rerun with --restart to start over (the "
+                    "output and its side files are removed), or write to another output",
                     source=str(self.output),
                 )
         created = earlier.get("created") if has_records and isinstance(earlier, dict) else None
@@ -447,10 +472,11 @@ class Runner:
     # --- running --------------------------------------------------------------------------------------
 
     def _items(self) -> Iterator[Record | BadLine]:
-        for count, item in enumerate(read_records(self.input)):
-            if self.limit is not None and count >= self.limit:
+        for position, item in enumerate(read_records(self.input)):
+            if self.limit is not None and position >= self.limit:
                 return
-            yield item
+            if self.shard is None or self.shard.holds(position):
+                yield item
 
     def _check(self) -> list[BadLine]:
         bad: list[BadLine] = []
@@ -495,7 +521,11 @@ class Runner:
                     where=f"{self.input}:{first.line}",
                 )
         total = _count_records(self.input)
-        self.stats = RunStats(total=total if self.limit is None else min(total or self.limit, self.limit))
+        if self.limit is not None:
+            total = min(total or self.limit, self.limit)
+        if self.shard is not None and total is not None:
+            total = self.shard.size(total)
+        self.stats = RunStats(total=total, clock=_loop_clock())
         if self.on_progress is not None:
             self.on_progress(self.stats)  # the run starts: nothing finished yet
         self._ledger = Ledger(self.topology, self.prices)
@@ -509,7 +539,8 @@ class Runner:
         bad_lines: list[BadLine] = []
         finished = False
         log.info("run started", output=str(self.output) if self.output else None, resumed=len(done_ids))
-        send, receive = anyio.create_memory_object_stream[Record](0)
+        admission = Admission.for_topology(self.topology, self.concurrency)
+        log.debug("admission", records_in_flight=admission.limit or "adaptive")
         try:
             with (
                 open(journal, "a", encoding="utf-8")  # noqa: ASYNC230 - appends of one line
@@ -517,40 +548,39 @@ class Runner:
                 else open(os.dup(1), "w", encoding="utf-8")  # noqa: ASYNC230
             ) as out:
 
-                async def worker(records_in: MemoryObjectReceiveStream[Record]) -> None:
-                    async with records_in:
-                        async for record in records_in:
-                            line, completion_tokens = await self._answer(record)
-                            # no await from here on: a record is written whole or not at all
-                            out.write(json.dumps(line, ensure_ascii=False) + "\n")
-                            out.flush()
-                            if line["status"] == "done":
-                                self.stats.done += 1
-                            else:
-                                self.stats.failed += 1
-                            self.stats.completion_tokens += completion_tokens
-                            if self.on_progress is not None:
-                                self.on_progress(self.stats)
+                async def answer(record: Record, order: int) -> None:
+                    try:
+                        line, completion_tokens = await self._answer(record, order)
+                    finally:
+                        admission.finished()
+                    # no await from here on: a record is written whole or not at all
+                    out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                    out.flush()
+                    if line["status"] == "done":
+                        self.stats.done += 1
+                    else:
+                        self.stats.failed += 1
+                    self.stats.completion_tokens += completion_tokens
+                    if self.on_progress is not None:
+                        self.on_progress(self.stats)
 
                 async with anyio.create_task_group() as tg:
-                    for _ in range(self.concurrency):
-                        tg.start_soon(worker, receive.clone())
-                    receive.close()
-                    async with send:
-                        seen: set[str] = set()
-                        for item in self._items():
-                            self._counts["records"] += 1
-                            if isinstance(item, Record) and _key(item.id) in seen:
-                                item = BadLine(item.line, f"duplicate id {item.id!r}", json.dumps(item.data))
-                            if isinstance(item, BadLine):
-                                self._bad_line(item, log)
-                                bad_lines.append(item)
-                                continue
-                            seen.add(_key(item.id))
-                            if _key(item.id) in done_ids:
-                                self.stats.resumed += 1
-                                continue
-                            await send.send(item)
+                    seen: set[str] = set()
+                    for item in self._items():
+                        self._counts["records"] += 1
+                        if isinstance(item, Record) and _key(item.id) in seen:
+                            item = BadLine(item.line, f"duplicate id {item.id!r}", json.dumps(item.data))
+                        if isinstance(item, BadLine):
+                            self._bad_line(item, log)
+                            bad_lines.append(item)
+                            continue
+                        seen.add(_key(item.id))
+                        if _key(item.id) in done_ids:
+                            self.stats.resumed += 1
+                            continue
+                        await admission.wait()
+                        admission.started()
+                        tg.start_soon(answer, item, next_order())
             self._write_bad(errors_path, bad_lines)
             self._errors_file = errors_path if bad_lines else None
             if self.output is not None and self.format != "jsonl":
@@ -581,7 +611,7 @@ class Runner:
         report = self._ledger.report()
         report["run_id"] = self.run_id
         report["interrupted"] = interrupted
-        elapsed = time.monotonic() - self.stats.started
+        elapsed = self.stats.elapsed
         report["latency"] = self._latency.report()
         report["throughput"] = {
             "records_per_s": round(self.stats.done / elapsed, 4) if elapsed > 0 else None,
@@ -599,7 +629,7 @@ class Runner:
             failed=self.stats.failed,
             bad=self._counts.get("bad", 0),
             usage=self._ledger.total,
-            elapsed=time.monotonic() - self.stats.started,
+            elapsed=self.stats.elapsed,
             output=self.output,
             errors=self._errors_file,
             run_id=self.run_id,
@@ -639,17 +669,18 @@ class Runner:
                 entry = {"file": str(self.input), "line": item.line, "error": item.error, "text": item.text}
                 handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
-    async def _answer(self, record: Record) -> tuple[dict[str, Any], int]:
-        """Answer one record; returns its output line and the tokens it generated."""
+    async def _answer(self, record: Record, order: int) -> tuple[dict[str, Any], int]:
+        """Answer one record (its requests at age ``order``); returns its output line and tokens."""
         with log_context(record=record.id):
             log = get_logger(__name__)
-            start = time.monotonic()
+            clock = self.stats.clock
+            start = clock()
             first_token: float | None = None
 
             def on_answer(event: object) -> None:
                 nonlocal first_token
                 if first_token is None:
-                    first_token = time.monotonic() - start
+                    first_token = clock() - start
 
             conversation = list(record.conversation)
             results: list[Result] = []
@@ -659,7 +690,7 @@ class Runner:
                 for followup in (None, *record.followups):
                     if followup is not None:
                         conversation += [Message("assistant", results[-1].text), Message("user", followup)]
-                    results.append(await self.topology.run(conversation, on_answer=on_answer))
+                    results.append(await self.topology.run(conversation, on_answer=on_answer, order=order))
             except (AftError, Exception) as exc:  # a failed record is written, never dropped
                 log.warning("record failed", error=f"{type(exc).__name__}: {exc}")
                 line.update(status="error", error=f"{type(exc).__name__}: {exc}")
@@ -680,7 +711,7 @@ class Runner:
             cost = sum(known) if costs and len(known) == len(costs) else None
             usage = Usage.sum(r.usage for r in results)
             line["usage"] = usage_dict(usage, cost)
-            elapsed = time.monotonic() - start
+            elapsed = clock() - start
             line["timings"] = {"elapsed": round(elapsed, 4)}
             if first_token is not None:
                 line["timings"]["first_token"] = round(first_token, 4)
@@ -700,43 +731,74 @@ class Runner:
                 if value.get("status") == "done":
                     answers[_key(value["id"])] = value
         order = [item for item in self._items() if isinstance(item, Record)]
-        with atomic_write(self.output) as handle:
-            if self.format == "aft":
-                items = []
-                for record in order:
-                    answer = answers.get(_key(record.id))
-                    if answer is not None:
-                        items.append({**record.data, "response": answer["response"]})
-                json.dump(items, handle, ensure_ascii=False, indent=4)
-            elif self.format == "alpaca_eval":
-                rows = []
-                for record in order:
-                    answer = answers.get(_key(record.id))
-                    if answer is not None:
-                        instruction = record.data.get("instruction", record.conversation[-1].content)
-                        output = answer["response"]
-                        rows.append(
-                            {"instruction": instruction, "output": output, "generator": self.generator}
-                        )
-                json.dump(rows, handle, ensure_ascii=False, indent=2)
-            else:
-                for record in order:
-                    answer = answers.get(_key(record.id))
-                    if answer is None:
-                        continue
-                    turns = answer.get("responses", [answer["response"]])
-                    row = {
-                        "question_id": record.data.get("question_id", record.id),
-                        "answer_id": uuid.uuid5(uuid.NAMESPACE_URL, f"{self.generator}/{record.id}").hex,
-                        "model_id": self.generator,
-                        "choices": [{"index": 0, "turns": turns}],
-                        "tstamp": time.time(),
-                    }
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_format(self.output, self.format, order, answers, self.generator)
 
 
-def _made_from(origin: dict[str, Any]) -> str:
+def write_format(
+    path: Path, fmt: str, order: Sequence[Record], answers: dict[str, dict[str, Any]], generator: str
+) -> None:
+    """Write answered records as ``fmt`` (``aft``, ``alpaca_eval`` or ``mt_bench``) to ``path``, atomically.
+
+    Args:
+        path: The output file.
+        fmt: The format (see :class:`Runner`'s ``format``).
+        order: The input records, in input order; those without an answer are left out.
+        answers: Each answered record's output line, by its id's key (its id as JSON).
+        generator: The model name written into ``alpaca_eval`` and ``mt_bench`` rows.
+    """
+    with atomic_write(path) as handle:
+        if fmt == "aft":
+            items = []
+            for record in order:
+                answer = answers.get(_key(record.id))
+                if answer is not None:
+                    items.append({**record.data, "response": answer["response"]})
+            json.dump(items, handle, ensure_ascii=False, indent=4)
+        elif fmt == "alpaca_eval":
+            rows = []
+            for record in order:
+                answer = answers.get(_key(record.id))
+                if answer is not None:
+                    instruction = record.data.get("instruction", record.conversation[-1].content)
+                    output = answer["response"]
+                    rows.append({"instruction": instruction, "output": output, "generator": generator})
+            json.dump(rows, handle, ensure_ascii=False, indent=2)
+        else:
+            for record in order:
+                answer = answers.get(_key(record.id))
+                if answer is None:
+                    continue
+                turns = answer.get("responses", [answer["response"]])
+                row = {
+                    "question_id": record.data.get("question_id", record.id),
+                    "answer_id": uuid.uuid5(uuid.NAMESPACE_URL, f"{generator}/{record.id}").hex,
+                    "model_id": generator,
+                    "choices": [{"index": 0, "turns": turns}],
+                    "tstamp": time.time(),
+                }
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _loop_clock() -> Callable[[], float]:
+    """The event loop's clock (virtual under a mock clock); read after the loop ends, the same clock
+    carried on by ``time.monotonic``."""
+    offset = anyio.current_time() - time.monotonic()
+
+    def now() -> float:
+        try:
+            return anyio.current_time()
+        except Exception:  # no event loop any more (a summary after an interrupted run)
+            return time.monotonic() + offset
+
+    return now
+
+
+def _made_from(origin: dict[str, Any], sharded: bool = False) -> str:
     config = origin.get("config")
     made = f"input {origin.get('input')} (fingerprint {origin.get('input_fingerprint')}) and "
     made += f"config {config}" if config else "a topology built in Python"
-    return made + f" (topology fingerprint {origin.get('topology_fingerprint')})"
+    made += f" (topology fingerprint {origin.get('topology_fingerprint')})"
+    if sharded:
+        shard = origin.get("shard")
+        made += f", shard {shard['index']}/{shard['count']}" if isinstance(shard, dict) else ", no shard"
+    return made

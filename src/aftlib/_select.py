@@ -20,6 +20,7 @@ from ._agents import Emit, ModelAgent
 from ._budget import fit
 from ._errors import ConfigError, EngineError
 from ._logging import context, get_logger
+from ._priority import current as current_priority
 from ._results import Candidate, CandidateDone, TokenDelta
 from ._templates import PromptTemplate, as_template
 from ._types import ChatRequest, Completion, Cut, Message, SamplingParams, Usage
@@ -220,7 +221,7 @@ class Select(ModelAgent):
             return messages
 
         messages, fitted, cuts = fit(self.engine, build, references, sampling)
-        return ChatRequest(messages, fitted, self.lora), cuts
+        return ChatRequest(messages, fitted, self.lora, priority=current_priority()), cuts
 
     async def run(
         self,
@@ -358,7 +359,7 @@ class BestOfN(ModelAgent):
             return self.template.messages(conversation, texts, candidate=texts[0] if texts else "")
 
         messages, fitted, cuts = fit(self.engine, build, references, sampling)
-        return ChatRequest(messages, fitted, self.lora), cuts
+        return ChatRequest(messages, fitted, self.lora, priority=current_priority()), cuts
 
     async def run(
         self,

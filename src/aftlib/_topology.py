@@ -17,6 +17,7 @@ from ._agents import Agent, Emit, EventCallback, Subset, emitter
 from ._errors import ConfigError, EngineError, QuorumError
 from ._extract import AnswerExtractor
 from ._logging import get_logger
+from ._priority import next_order, priority, step
 from ._results import AgentFailure, AnswerDone, Candidate, Event, LayerDone, LayerResult, Result, TokenDelta
 from ._streams import DEFAULT_BUFFER, move_on_after, producer_stream
 from ._types import Completion, Message, Usage, as_conversation
@@ -319,6 +320,7 @@ class Topology:
         *,
         on_event: EventCallback | None = None,
         on_answer: EventCallback | None = None,
+        order: int | None = None,
     ) -> Result:
         """Run the pipeline on one conversation.
 
@@ -331,6 +333,9 @@ class Topology:
             on_answer: Called with the answer's :class:`TokenDelta` events only, as they are generated;
                 without ``on_event`` only the final agent streams, so this costs little (the runner uses it
                 for the time to the first answer token).
+            order: The run's age among runs that share the engines, for request priorities (lower is
+                older, and goes first within a step); None takes the next number of a process-wide
+                count. The runner passes one order for every turn of a record.
 
         Returns:
             The answer with every layer's candidates and the tokens used.
@@ -342,9 +347,9 @@ class Topology:
         messages = as_conversation(conversation)
         emit, answer = emitter(on_event), emitter(on_answer)
         if emit is None:  # no one watches every token: drafts need not stream
-            return await self._run(messages, None, answer_emit=answer)
+            return await self._run(messages, None, answer_emit=answer, order=order)
         result: Result | None = None
-        async with self.stream(messages) as events:
+        async with self._stream(messages, order=order) as events:
             async for event in events:
                 await emit(event)
                 if answer is not None and isinstance(event, TokenDelta) and event.is_answer:
@@ -356,14 +361,22 @@ class Topology:
         return result
 
     async def _run(
-        self, conversation: tuple[Message, ...], emit: Emit | None, *, answer_emit: Emit | None = None
+        self,
+        conversation: tuple[Message, ...],
+        emit: Emit | None,
+        *,
+        answer_emit: Emit | None = None,
+        order: int | None = None,
     ) -> Result:
+        """Run every layer, then the final agent, each step's requests at its priority (:mod:`._priority`)."""
+        age = next_order() if order is None else order
         start = time.perf_counter()
         log = get_logger(__name__, layers=len(self.layers))
         layers: list[LayerResult] = []
         references: list[str] = []
         for index, layer in enumerate(self.layers):
-            done = await layer.run(conversation, references, index=index, emit=emit)
+            with step(priority(len(self.layers) - index, age)):
+                done = await layer.run(conversation, references, index=index, emit=emit)
             layers.append(done)
             references = done.texts
             log.debug("layer done", layer=index, candidates=len(done.candidates))
@@ -382,9 +395,10 @@ class Topology:
                 if isinstance(event, TokenDelta) and event.is_answer:
                     await answer_emit(event)
 
-        (answer,), completion = await self.final.run(
-            conversation, references, layer=len(self.layers), emit=final_emit, is_answer=True
-        )
+        with step(priority(0, age)):
+            (answer,), completion = await self.final.run(
+                conversation, references, layer=len(self.layers), emit=final_emit, is_answer=True
+            )
         result = Result(
             answer,
             tuple(layers),
@@ -443,9 +457,12 @@ class Topology:
         Raises:
             InputError: The conversation is malformed (raised before anything runs).
         """
-        messages = as_conversation(conversation)
+        return self._stream(as_conversation(conversation), buffer=buffer)
 
+    def _stream(
+        self, messages: tuple[Message, ...], *, buffer: int = DEFAULT_BUFFER, order: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
         async def produce(send: Any) -> None:
-            await self._run(messages, send.send)
+            await self._run(messages, send.send, order=order)
 
         return producer_stream(produce, buffer=buffer)

@@ -196,11 +196,17 @@ class ChatRequest:
         messages: The chat, as :class:`Message` turns (each also a ``{"role", "content"}`` mapping).
         sampling: How to sample, including the number of samples ``n``.
         lora: The name of a LoRA adapter to apply, for engines that serve adapters.
+        priority: The request's place in the engine's queue: lower runs first (vLLM's convention), equal
+            priorities in arrival order. A topology sets it (:mod:`aftlib` docs, "Priority by depth");
+            engines without a priority scheduler ignore it (:attr:`Engine.supports_priority
+            <aftlib.engines.Engine.supports_priority>`). Not part of a request's equality: two requests
+            that differ only in their place in line are the same request.
     """
 
     messages: list[Message] = field(converter=_message_list)
     sampling: SamplingParams = field(factory=SamplingParams)
     lora: str | None = None
+    priority: int = field(default=0, kw_only=True, eq=False)
 
 
 @frozen

@@ -16,6 +16,7 @@ from .. import config
 from .._accounting import PriceTable
 from .._io import iter_json, read_yaml
 from .._runner import FORMATS, Runner, RunSummary, journal_path, summary_path
+from .._shards import Shard, shard_spec
 from .._topology import Topology
 from ._common import (
     Interrupted,
@@ -69,9 +70,22 @@ def run_options(func: F) -> F:
         input_option(required=False, help="JSONL or JSON array of records (default: the sample prompts)."),
         output_option(required=False, help="The output file (default: JSONL on standard output, no resume)."),
         click.option(
-            "--concurrency", type=int, default=128, show_default=True, help="Records in flight at once."
+            "--concurrency",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Records in flight at once (default: adapt to the engines' batch sizes; 128 for engines "
+            "that do not say theirs).",
         ),
-        click.option("--limit", type=int, metavar="K", help="Only the first K input records."),
+        click.option(
+            "--limit", type=int, metavar="K", help="Only the first K input records (counted before --shard)."
+        ),
+        click.option(
+            "--shard",
+            metavar="I/N",
+            callback=lambda ctx, param, value: shard_spec(value),
+            help="Only shard I of N (I counts from 0): the input records at positions I, I+N, I+2N, ... "
+            "(bad lines included); merge the shard outputs with aftlib merge.",
+        ),
         click.option(
             "--format",
             "fmt",
@@ -166,7 +180,7 @@ def _execute(
     *,
     input_path: Path | None,
     output: Path | None,
-    concurrency: int,
+    concurrency: int | None,
     limit: int | None,
     fmt: str,
     trace: bool,
@@ -175,6 +189,7 @@ def _execute(
     restart: bool,
     cache: Path | None = None,
     cache_unseeded: bool = False,
+    shard: Shard | None = None,
 ) -> int:
     demo = config_path is None
     price_table = None if prices is None else PriceTable.load(prices)
@@ -198,6 +213,7 @@ def _execute(
         prices=price_table,
         restart=restart,
         config_name="aftlib demo" if config_path is None else str(config_path),
+        shard=shard,
     )
     hint = None if output is None else f"rerun to resume from {journal_path(output, fmt)}"
     timings: dict[str, float] = {}

@@ -134,6 +134,8 @@ class OpenAIEngineSpec:
         api_key_env: The environment variable holding the API key, or None for a placeholder key.
         timeout: Seconds allowed per request.
         supports_n: False for a server that rejects ``n`` > 1 (then ``n`` single calls are sent).
+        priority: False never sends requests' priorities (by default they go in the body; a server that
+            refuses the field gets requests without it, after one warning).
         retry: Retry settings, or None.
         max_in_flight: The most requests in flight at once (over all replicas), or None for no limit.
     """
@@ -143,6 +145,7 @@ class OpenAIEngineSpec:
     api_key_env: str | None = None
     timeout: float = field(default=600.0, validator=_at_least(0, strict=True))
     supports_n: bool = True
+    priority: bool = True
     retry: RetryConfig | None = None
     max_in_flight: int | None = _max_in_flight()
     type: Literal["openai"] = field(default="openai", kw_only=True)
@@ -159,6 +162,7 @@ class OpenAIEngineSpec:
                 api_key_env=self.api_key_env,
                 timeout=self.timeout,
                 supports_n=self.supports_n,
+                priority=self.priority,
             )
 
         engine: Engine

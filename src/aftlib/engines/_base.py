@@ -74,6 +74,28 @@ class Engine(anyio.abc.AsyncResource):
         """True when the engine returns log probabilities for requests that ask for them."""
         return False
 
+    @property
+    def capacity(self) -> int | None:
+        """The sequences the engine runs in one batch (vLLM's ``max_num_seqs``), or None when unknown.
+
+        The runner keeps about this many sequences in an engine (:attr:`load`) when it chooses how many
+        records to have in flight.
+        """
+        return None
+
+    @property
+    def load(self) -> int:
+        """The sequences the engine holds now, running or waiting (0 when the engine cannot tell)."""
+        return 0
+
+    @property
+    def supports_priority(self) -> bool:
+        """True when the engine runs requests in :attr:`~aftlib.ChatRequest.priority` order.
+
+        An engine that does not ignores the priority (it runs requests first come, first served).
+        """
+        return False
+
     def check_logprobs(self, what: str) -> None:
         """Raise :class:`~aftlib.ConfigError` naming this engine unless it gives log probabilities.
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import heapq
+import itertools
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.lowlevel
 from attrs import define, field
 
 from .._errors import ConfigError
@@ -29,7 +32,9 @@ class LimitedEngine(WrapperEngine):
 
     A request holds its place from the moment it is sent until its completion (for a stream, until the
     stream's block ends), so an engine with a request limit of its own (a hosted API tier, a small
-    server) is never sent more than it takes.
+    server) is never sent more than it takes. Waiting requests get a place in priority order
+    (:attr:`~aftlib.ChatRequest.priority`, lower first; equal priorities in arrival order), so a
+    topology's later steps go first even when the server itself serves first come, first served.
 
     Args:
         inner: The engine to wrap.
@@ -37,7 +42,9 @@ class LimitedEngine(WrapperEngine):
     """
 
     max_in_flight: int = field(validator=_limit)
-    _slots: anyio.Semaphore = field(init=False, repr=False)
+    _free: int = field(init=False, repr=False)
+    _waiters: list[tuple[int, int, anyio.Event]] = field(factory=list, init=False, repr=False)
+    _arrivals: Iterator[int] = field(factory=itertools.count, init=False, repr=False)
     in_flight: int = field(default=0, init=False)
     """Requests sent to the inner engine and not yet finished."""
     waiting: int = field(default=0, init=False)
@@ -45,29 +52,56 @@ class LimitedEngine(WrapperEngine):
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        self._slots = anyio.Semaphore(self.max_in_flight)
+        self._free = self.max_in_flight
 
-    @asynccontextmanager
-    async def _place(self) -> AsyncIterator[None]:
+    @property
+    def supports_priority(self) -> bool:
+        """True: waiting requests get a place in priority order."""
+        return True
+
+    async def _acquire(self, priority: int) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self._free and not self._waiters:
+            self._free -= 1
+            return
+        entry = (priority, next(self._arrivals), anyio.Event())
+        heapq.heappush(self._waiters, entry)
         self.waiting += 1
         try:
-            await self._slots.acquire()
+            await entry[2].wait()
+        except BaseException:
+            if entry[2].is_set():  # given a place, then cancelled: hand the place on
+                self._release()
+            else:
+                self._waiters.remove(entry)
+                heapq.heapify(self._waiters)
+            raise
         finally:
             self.waiting -= 1
+
+    def _release(self) -> None:
+        if self._waiters:
+            heapq.heappop(self._waiters)[2].set()  # the place goes straight to the first in line
+        else:
+            self._free += 1
+
+    @asynccontextmanager
+    async def _place(self, request: ChatRequest) -> AsyncIterator[None]:
+        await self._acquire(request.priority)
         self.in_flight += 1
         try:
             yield
         finally:
             self.in_flight -= 1
-            self._slots.release()
+            self._release()
 
     async def generate(self, request: ChatRequest) -> Completion:
         """Generate once a place is free."""
-        async with self._place():
+        async with self._place(request):
             return await self.inner.generate(request)
 
     @asynccontextmanager
     async def stream(self, request: ChatRequest) -> AsyncIterator[AsyncIterator[StreamItem]]:
         """Stream once a place is free; the place is held until the block ends."""
-        async with self._place(), self.inner.stream(request) as items:
+        async with self._place(request), self.inner.stream(request) as items:
             yield items

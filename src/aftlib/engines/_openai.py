@@ -64,6 +64,10 @@ class OpenAIEngine(Engine):
         name: A label for logs and results; the model by default.
         timeout: Seconds allowed per request.
         supports_n: Whether the server takes ``n`` samples per call.
+        priority: Send each request's :attr:`~aftlib.ChatRequest.priority` in the body (vLLM's server
+            takes it, and schedules by it when started with ``--scheduling-policy priority``). A server
+            that refuses the field (HTTP 400 naming it) is sent requests without it from then on, with one
+            warning; ``False`` never sends it.
         http_client: An ``httpx.AsyncClient`` to send through (tests pass one with a mock transport).
     """
 
@@ -73,6 +77,7 @@ class OpenAIEngine(Engine):
     timeout: float
     http_client: Any = field(repr=False)
     _supports_n: bool = True
+    _priority: bool = True
     _client: Any = field(default=None, repr=False)
 
     def __init__(
@@ -84,6 +89,7 @@ class OpenAIEngine(Engine):
         name: str | None = None,
         timeout: float = 600.0,
         supports_n: bool = True,
+        priority: bool = True,
         http_client: Any = None,
     ) -> None:
         if not isinstance(model, str) or not model:
@@ -102,6 +108,7 @@ class OpenAIEngine(Engine):
             timeout=timeout,
             http_client=http_client,
             supports_n=bool(supports_n),
+            priority=bool(priority),
             name=name or model,
         )
 
@@ -113,6 +120,24 @@ class OpenAIEngine(Engine):
     @property
     def supports_logprobs(self) -> bool:
         """True: the Chat Completions API returns log probabilities when asked (vLLM's server does)."""
+        return True
+
+    @property
+    def supports_priority(self) -> bool:
+        """Whether requests carry their priority (the server schedules by it if it was started so)."""
+        return self._priority
+
+    def _refused_priority(self, exc: Any) -> bool:
+        """True (once, with a warning) when the server refused the ``priority`` field: stop sending it."""
+        if not self._priority or "priority" not in str(getattr(exc, "message", exc)).lower():
+            return False
+        self._priority = False
+        get_logger(__name__, engine=self.name).warning(
+            "the server refused the 'priority' field; requests go without it from now on "
+            "(set priority: false on this engine to silence this)",
+            base_url=self.base_url,
+            error=str(getattr(exc, "message", exc)),
+        )
         return True
 
     def _api_key(self) -> str:
@@ -245,19 +270,28 @@ class OpenAIEngine(Engine):
         if s.logprobs is not None:
             extra = {"logprobs": True, "top_logprobs": s.logprobs}
         try:
-            response = await client.chat.completions.create(
-                model=self.model,
-                messages=[dict(m) for m in request.messages],
-                n=n,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                max_tokens=s.max_tokens,
-                seed=s.seed,
-                stop=list(s.stop) or None,
-                stream=True,
-                stream_options={"include_usage": True},
-                **extra,
-            )
+            while True:
+                ranked = self._priority and request.priority != 0
+                try:
+                    response = await client.chat.completions.create(
+                        model=self.model,
+                        messages=[dict(m) for m in request.messages],
+                        n=n,
+                        temperature=s.temperature,
+                        top_p=s.top_p,
+                        max_tokens=s.max_tokens,
+                        seed=s.seed,
+                        stop=list(s.stop) or None,
+                        stream=True,
+                        stream_options={"include_usage": True},
+                        extra_body={"priority": request.priority} if ranked else None,
+                        **extra,
+                    )
+                except _import_openai().BadRequestError as exc:
+                    if ranked and self._refused_priority(exc):
+                        continue  # the same request, without its priority
+                    raise
+                break
             answered = True
             async with response:
                 async for chunk in response:

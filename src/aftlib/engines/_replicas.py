@@ -95,6 +95,22 @@ class Replicas(Engine):
         return all(r.supports_logprobs for r in self.replicas)
 
     @property
+    def supports_priority(self) -> bool:
+        """True when every replica schedules by priority."""
+        return all(r.supports_priority for r in self.replicas)
+
+    @property
+    def capacity(self) -> int | None:
+        """The replicas' batch sizes added up, or None when one of them is unknown."""
+        sizes = [r.capacity for r in self.replicas]
+        return None if None in sizes else sum(s for s in sizes if s is not None)
+
+    @property
+    def load(self) -> int:
+        """The replicas' loads added up."""
+        return sum(r.load for r in self.replicas)
+
+    @property
     def context_window(self) -> int | None:
         """The first replica's context window."""
         return self.replicas[0].context_window

@@ -132,8 +132,11 @@ class VLLMEngine(Engine):
             pick one by name (``Proposer(engine, lora="name")``). Turns on ``enable_lora``.
         **engine_args: Passed to vLLM's ``AsyncEngineArgs`` unchanged: ``dtype``, ``max_model_len``,
             ``gpu_memory_utilization``, ``kv_cache_memory_bytes``, ``tensor_parallel_size``, ``seed``,
-            ``enforce_eager``, ``enable_lora``, ... On a machine without a GPU, when neither
-            ``kv_cache_memory_bytes`` nor ``VLLM_CPU_KVCACHE_SPACE`` is set, the KV cache is 1 GiB.
+            ``enforce_eager``, ``enable_lora``, ``max_num_seqs``, ... On a machine without a GPU, when
+            neither ``kv_cache_memory_bytes`` nor ``VLLM_CPU_KVCACHE_SPACE`` is set, the KV cache is 1 GiB.
+            ``scheduling_policy`` is ``"priority"`` unless given: vLLM runs each request by its
+            :attr:`~aftlib.ChatRequest.priority` (a topology's later steps first, older records first);
+            ``scheduling_policy="fcfs"`` serves requests in arrival order and ignores priorities.
 
     Example:
         >>> async with VLLMEngine(model="path/to/model", max_model_len=4096) as engine:  # doctest: +SKIP
@@ -143,6 +146,7 @@ class VLLMEngine(Engine):
     model: str
     engine_args: dict[str, Any]
     lora_adapters: dict[str, str] = field(factory=dict)
+    scheduling_policy: str = "priority"
     _llm: Any = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
     _max_model_len: int = field(default=0, repr=False)
@@ -159,10 +163,21 @@ class VLLMEngine(Engine):
         if not isinstance(model, str) or not model:
             raise ConfigError(f"model must be a non-empty string, got {model!r}", path="model")
         adapters = dict(lora_adapters or {})
+        policy = engine_args.pop("scheduling_policy", "priority")
+        if policy not in ("priority", "fcfs"):
+            raise ConfigError(
+                f"scheduling_policy is 'priority' or 'fcfs', got {policy!r}", path="scheduling_policy"
+            )
         if adapters:
             engine_args.setdefault("enable_lora", True)
             engine_args.setdefault("max_loras", len(adapters))
-        self.__attrs_init__(model=model, engine_args=engine_args, lora_adapters=adapters, name=name or model)
+        self.__attrs_init__(
+            model=model,
+            engine_args=engine_args,
+            lora_adapters=adapters,
+            scheduling_policy=policy,
+            name=name or model,
+        )
 
     def check_adapter(self, name: str) -> None:
         """Raise :class:`~aftlib.ConfigError` unless ``name`` is one of :attr:`lora_adapters`."""
@@ -201,7 +216,9 @@ class VLLMEngine(Engine):
         if _cpu_needs_kv_cache_size(vllm, engine_args):
             engine_args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         try:
-            args = vllm.AsyncEngineArgs(model=self.model, **engine_args)
+            args = vllm.AsyncEngineArgs(
+                model=self.model, scheduling_policy=self.scheduling_policy, **engine_args
+            )
         except TypeError as exc:
             raise ConfigError(f"engine {self.name!r}: bad engine argument: {exc}") from None
         log = get_logger(__name__, engine=self.name)
@@ -256,6 +273,27 @@ class VLLMEngine(Engine):
     def supports_logprobs(self) -> bool:
         """True: vLLM gives the log probabilities of generated tokens and their top alternatives."""
         return True
+
+    @property
+    def supports_priority(self) -> bool:
+        """True unless the engine was made with ``scheduling_policy="fcfs"``."""
+        return self.scheduling_policy == "priority"
+
+    @property
+    def capacity(self) -> int | None:
+        """vLLM's ``max_num_seqs``: the sequences one batch runs (after start)."""
+        if self._llm is None:
+            return None
+        return int(self._llm.vllm_config.scheduler_config.max_num_seqs)
+
+    @property
+    def load(self) -> int:
+        """Sequences in vLLM now, running or waiting (each of a request's ``n`` samples counts)."""
+        return 0 if self._llm is None else int(self._llm.get_num_unfinished_requests())
+
+    def _priority(self, request: ChatRequest) -> int:
+        # An FCFS engine gets 0: vLLM ignores priorities then, but older releases refused them.
+        return request.priority if self.supports_priority else 0
 
     @property
     def context_window(self) -> int | None:
@@ -320,7 +358,13 @@ class VLLMEngine(Engine):
         k = request.sampling.logprobs
         lora = self._lora_request(request.lora)
         final = None
-        outputs = llm.generate({"prompt_token_ids": prompt_ids}, params, uuid.uuid4().hex, lora_request=lora)
+        outputs = llm.generate(
+            {"prompt_token_ids": prompt_ids},
+            params,
+            uuid.uuid4().hex,
+            lora_request=lora,
+            priority=self._priority(request),
+        )
         try:
             async with aclosing(outputs):
                 async for output in outputs:
@@ -352,7 +396,13 @@ class VLLMEngine(Engine):
         reasons: dict[int, str | None] = dict.fromkeys(texts)
         logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in texts}
         cached = 0
-        outputs = llm.generate({"prompt_token_ids": prompt_ids}, params, request_id, lora_request=lora)
+        outputs = llm.generate(
+            {"prompt_token_ids": prompt_ids},
+            params,
+            request_id,
+            lora_request=lora,
+            priority=self._priority(request),
+        )
         try:
             async with aclosing(outputs):
                 async for output in outputs:

@@ -51,6 +51,21 @@ class WrapperEngine(Engine):
         return self.inner.supports_logprobs
 
     @property
+    def supports_priority(self) -> bool:
+        """The inner engine's."""
+        return self.inner.supports_priority
+
+    @property
+    def capacity(self) -> int | None:
+        """The inner engine's batch size."""
+        return self.inner.capacity
+
+    @property
+    def load(self) -> int:
+        """The inner engine's load."""
+        return self.inner.load
+
+    @property
     def context_window(self) -> int | None:
         """The inner engine's context window."""
         return self.inner.context_window

@@ -79,7 +79,8 @@ async def soak(
     engines = [*proposers, judge]
 
     def wrap(engine: FakeEngine) -> RetryingEngine:
-        return RetryingEngine(engine, attempts=3, backoff=0.0, timeout=0.05)
+        # The timeout ends hangs; a quarter second leaves room for a loaded machine.
+        return RetryingEngine(engine, attempts=3, backoff=0.0, timeout=0.25)
 
     layer = Layer(
         [Proposer(wrap(e), name=e.name, sampling=SamplingParams(n=2)) for e in proposers], min_candidates=4
