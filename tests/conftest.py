@@ -116,10 +116,14 @@ def other_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def openai_server(tiny_model: Path) -> Iterator[str]:
-    """A real vLLM OpenAI-compatible server on a loopback port, serving the tiny model as 'tiny-served'."""
+    """A real vLLM OpenAI-compatible server on a loopback port, serving the tiny model as 'tiny-served'.
+
+    It schedules by priority, as aftlib's docs advise (``--scheduling-policy priority``).
+    """
     from aftlib.testing import vllm_server
 
-    with vllm_server(tiny_model, served_model_name="tiny-served") as url:
+    priority = ("--scheduling-policy", "priority")
+    with vllm_server(tiny_model, served_model_name="tiny-served", extra_args=priority) as url:
         yield url
 
 

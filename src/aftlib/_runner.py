@@ -780,8 +780,10 @@ def write_format(
 
 
 def _loop_clock() -> Callable[[], float]:
-    """The event loop's clock (virtual under a mock clock); read after the loop ends, the same clock
-    carried on by ``time.monotonic``."""
+    """The event loop's clock (virtual under a mock clock).
+
+    Read after the loop has ended, the same clock carried on by ``time.monotonic``.
+    """
     offset = anyio.current_time() - time.monotonic()
 
     def now() -> float:

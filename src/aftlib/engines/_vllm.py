@@ -281,7 +281,7 @@ class VLLMEngine(Engine):
 
     @property
     def capacity(self) -> int | None:
-        """vLLM's ``max_num_seqs``: the sequences one batch runs (after start)."""
+        """The sequences one batch runs: vLLM's ``max_num_seqs`` (after start)."""
         if self._llm is None:
             return None
         return int(self._llm.vllm_config.scheduler_config.max_num_seqs)

@@ -1,8 +1,9 @@
 """Helpers for testing code built on aftlib.
 
 A scripted engine (with fault injection), a loopback OpenAI-compatible server that fails at random, a
-soak run that checks a faulty MoA end to end, a tiny model (and LoRA adapters) that vLLM runs on CPU,
-and a loopback vLLM OpenAI-compatible server.
+soak run that checks a faulty MoA end to end, an engine that takes the time of a continuous-batching
+server (:class:`SimulatedEngine`, for scheduling tests and benchmarks in virtual time), a tiny model
+(and LoRA adapters) that vLLM runs on CPU, and a loopback vLLM OpenAI-compatible server.
 
 :class:`FakeEngine` and its fault types live beside the real engines (``aftlib.engines``) and are
 re-exported here. The other helpers are imported on first use, so ``import aftlib.testing`` loads no
@@ -21,6 +22,7 @@ if typing.TYPE_CHECKING:
     from ._adapter import build_tiny_adapter
     from ._chaos import ChaosFault, ChaosScript, ChaosServer, chaos_server
     from ._server import vllm_server
+    from ._simulated import SimulatedEngine, SimulatedRequest, SimulationStats
     from ._soak import SoakReport, soak
     from ._tiny import build_tiny_model, tiny_model_path
 
@@ -33,6 +35,9 @@ __all__ = (
     "FaultPlan",
     "FaultScript",
     "Handler",
+    "SimulatedEngine",
+    "SimulatedRequest",
+    "SimulationStats",
     "SoakReport",
     "build_tiny_adapter",
     "build_tiny_model",
@@ -49,6 +54,9 @@ _LAZY = {
     "ChaosServer": "_chaos",
     "chaos_server": "_chaos",
     "vllm_server": "_server",
+    "SimulatedEngine": "_simulated",
+    "SimulatedRequest": "_simulated",
+    "SimulationStats": "_simulated",
     "SoakReport": "_soak",
     "soak": "_soak",
     "build_tiny_model": "_tiny",
