@@ -102,7 +102,13 @@ async def run_minimal(direct: Direct, conversations: list[list[dict[str, str]]])
     return direct.tokens
 
 
-async def run_batch_sync(direct: Direct, conversations: list[list[dict[str, str]]], batch: int = 16) -> int:
+async def run_batch_sync(
+    direct: Direct,
+    conversations: list[list[dict[str, str]]],
+    batch: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """The reference's schedule; ``on_batch(records)`` is called as each batch's records are answered."""
     direct.tokens = 0
     for first in range(0, len(conversations), batch):
         chunk = conversations[first : first + batch]
@@ -117,6 +123,8 @@ async def run_batch_sync(direct: Direct, conversations: list[list[dict[str, str]
                 for i in range(len(chunk)):
                     tg.start_soon(one, i)
             texts = list(out)
+        if on_batch is not None:
+            on_batch(len(chunk))
     return direct.tokens
 
 

@@ -446,15 +446,21 @@ def test_merge_refuses_an_input_that_changed(
     assert not (tmp_path / "all.jsonl").exists()
 
 
+def copy_shards(made: dict[str, Path], folder: Path) -> list[Path]:
+    """Copy the four shard outputs (and their side files) into ``folder``; their paths, in shard order."""
+    copies = []
+    for name in FOUR:
+        for path in made["root"].glob(f"{name}.jsonl*"):
+            shutil.copy(path, folder / path.name)
+        copies.append(folder / f"{name}.jsonl")
+    return copies
+
+
 def test_a_shard_that_is_not_complete_is_refused_unless_partial(
     made: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A shard with records that have no line: refused naming it and how many; --partial merges, exit 1."""
-    copies = []
-    for name in FOUR:
-        for path in made["root"].glob(f"{name}.jsonl*"):
-            shutil.copy(path, tmp_path / path.name)
-        copies.append(tmp_path / f"{name}.jsonl")
+    copies = copy_shards(made, tmp_path)
     lines = copies[2].read_text().splitlines(keepends=True)
     copies[2].write_text(lines[0] + lines[1][:10])  # of positions 2, 6, 10: one kept, one torn, one dropped
     out = tmp_path / "all.jsonl"
@@ -477,11 +483,7 @@ def test_a_failed_record_is_merged_as_its_error_line_and_exits_1(
     made: dict[str, Path], tmp_path: Path
 ) -> None:
     """An error record in a shard is carried to the merged JSONL as it is, and counted as failed."""
-    copies = []
-    for name in FOUR:
-        for path in made["root"].glob(f"{name}.jsonl*"):
-            shutil.copy(path, tmp_path / path.name)
-        copies.append(tmp_path / f"{name}.jsonl")
+    copies = copy_shards(made, tmp_path)
     rows = read_jsonl(copies[3])
     rows[0] = {
         "id": rows[0]["id"],

@@ -126,18 +126,19 @@ __all__ = (
     "finetune",
     "merge_shards",
     "presets",
+    "ray",
     "testing",
     "traced_requests",
 )
 
 if typing.TYPE_CHECKING:
-    from . import config, finetune, testing
+    from . import config, finetune, ray, testing
 
-_SUBMODULES = ("config", "finetune", "testing")
+_SUBMODULES = ("config", "finetune", "ray", "testing")
 
 
 def __getattr__(name: str) -> object:
-    """Import ``aftlib.config``, ``aftlib.finetune`` and ``aftlib.testing`` on first use."""
+    """Import ``aftlib.config``, ``aftlib.finetune``, ``aftlib.ray`` and ``aftlib.testing`` on first use."""
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
