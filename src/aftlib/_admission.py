@@ -62,7 +62,7 @@ class Admission:
     def for_topology(cls, topology: Topology, concurrency: int | None) -> Admission:
         """The admission for ``topology``: ``concurrency`` records at most, or adaptive when None."""
         demand = first_layer_demand(topology)
-        if concurrency is None and any(engine.capacity is None for engine in demand):
+        if concurrency is None and (not demand or any(engine.capacity is None for engine in demand)):
             concurrency = UNKNOWN_CAPACITY_RECORDS
         return cls(concurrency, demand)
 
