@@ -1,15 +1,14 @@
 """The dataset runner: push every record of a file through a topology, pipelined, resumably.
 
-Records are pipelined: each one runs its own layers as soon as they can, never waiting for other
-records. How many are in flight adapts to the engines (:mod:`._admission`: enough to keep vLLM's
-batches full, no more), or is a fixed ``concurrency``; every request goes at its priority by depth
-(:mod:`._priority`), so an engine that schedules by priority finishes records one after another. The
-input is streamed. Each finished record
-is appended to the output as one JSON line and flushed at once, so a crash loses at most the records in
-flight; rerunning the same command skips the records already done, repairs a torn last line, and retries
-records that failed. While it runs, the runner holds an exclusive lock on the output, and the output's
-``OUT.run.json`` records what made it (the input file and the topology, as fingerprints), so a rerun
-with another input or topology is refused instead of mixing two datasets in one file.
+Records are pipelined: each one runs its own layers as soon as they can, never waiting for other records.
+How many are in flight adapts to the engines (:mod:`._admission`: enough to keep vLLM's batches full, no
+more), or is a fixed ``concurrency``; every request goes at its priority by depth (:mod:`._priority`), so
+an engine that schedules by priority finishes records one after another. The input is streamed. Each
+finished record is appended to the output as one JSON line and flushed at once, so a crash loses at most
+the records in flight; rerunning the same command skips the records already done, repairs a torn last
+line, and retries records that failed. While it runs, the runner holds an exclusive lock on the output,
+and the output's ``OUT.run.json`` records what made it (the input file and the topology, as fingerprints),
+so a rerun with another input or topology is refused instead of mixing two datasets in one file.
 """
 
 from __future__ import annotations
