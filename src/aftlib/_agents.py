@@ -197,6 +197,18 @@ class ModelAgent(Agent):
         def build(texts: Sequence[str]) -> list[Message]:
             return self.template.messages(conversation, texts)
 
+        return self._request_for(build, references, sampling)
+
+    def _request_for(
+        self,
+        build: Callable[[Sequence[str]], list[Message]],
+        references: Sequence[str],
+        sampling: SamplingParams,
+    ) -> tuple[ChatRequest, tuple[Cut, ...]]:
+        """The request whose messages ``build`` makes from the references that fit the engine's context.
+
+        It carries the priority of the step it is built in (:mod:`._priority`).
+        """
         messages, fitted, cuts = fit(self.engine, build, references, sampling)
         return ChatRequest(messages, fitted, self.lora, priority=current_priority()), cuts
 

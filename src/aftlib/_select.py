@@ -17,10 +17,8 @@ import anyio.abc
 from attrs import define, evolve, field
 
 from ._agents import Emit, ModelAgent
-from ._budget import fit
 from ._errors import ConfigError, EngineError
 from ._logging import context, get_logger
-from ._priority import current as current_priority
 from ._results import Candidate, CandidateDone, TokenDelta
 from ._templates import PromptTemplate, as_template
 from ._types import ChatRequest, Completion, Cut, Message, SamplingParams, Usage
@@ -220,8 +218,7 @@ class Select(ModelAgent):
                 messages += [Message("assistant", previous), Message("user", follow_up)]
             return messages
 
-        messages, fitted, cuts = fit(self.engine, build, references, sampling)
-        return ChatRequest(messages, fitted, self.lora, priority=current_priority()), cuts
+        return self._request_for(build, references, sampling)
 
     async def run(
         self,
@@ -358,8 +355,7 @@ class BestOfN(ModelAgent):
         def build(texts: Sequence[str]) -> list[Message]:
             return self.template.messages(conversation, texts, candidate=texts[0] if texts else "")
 
-        messages, fitted, cuts = fit(self.engine, build, references, sampling)
-        return ChatRequest(messages, fitted, self.lora, priority=current_priority()), cuts
+        return self._request_for(build, references, sampling)
 
     async def run(
         self,
