@@ -58,7 +58,7 @@ def sweep_command(
         return await sweep.run(output, restart=restart, on_cell=on_cell)
 
     report = run_async(work, hint=f"rerun to resume the sweep in {output}")
-    click.echo(markdown_table(report.results, list(sweep.config.axes)), err=True)
+    click.echo(markdown_table(report.results, sweep.columns), err=True)
     click.echo(
         f"tokens: {report.generated_tokens:,} generated, {report.reused_tokens:,} reused from the cache, "
         f"{report.engine_requests:,} engine requests ({report.skipped} cell(s) already done)",

@@ -100,20 +100,27 @@ class SweepConfig:
         base: The base topology file or AFT reference config.
         axes: Key paths of the base file (``generation_params.n``, ``layers``,
             ``agents.draft.sampling.temperature``, ``layers[0].agents``), each with its list of values.
+        variants: Named sets of values, each a mapping of key paths to values (``{layers: [[draft]],
+            final: vote}``): topologies that differ in several keys at once, side by side. Every
+            variant is crossed with the grid of the axes; the cells' ``variant`` column names it.
         prompts: The prompts, any input ``aftlib run`` reads.
         judge: How each cell is judged.
         limit: Only the first ``limit`` prompts.
         prices: A price table, for the cost per record.
         concurrency: Records (and judgments) in flight at once, per cell.
+        trace: Write every layer's candidates into each answer line (``aftlib run --trace``), to
+            measure the drafts too (how often they are right, pass@k).
     """
 
     base: str
-    axes: dict[str, list[Any]]
     prompts: str
     judge: SweepJudgeConfig
+    axes: dict[str, list[Any]] = field(factory=dict)
+    variants: dict[str, dict[str, Any]] = field(factory=dict)
     limit: int | None = field(default=None, validator=_limit)
     prices: str | None = None
     concurrency: int = field(default=16, validator=_positive)
+    trace: bool = False
 
 
 def parse_key_path(path: str) -> list[str | int]:
@@ -347,22 +354,39 @@ class Sweep:
             base_data = read_yaml(base, "the sweep's base config")
         if not isinstance(base_data, Mapping):
             raise ConfigError("the base config is a mapping of keys", source=str(base))
-        if not config.axes:
-            raise ConfigError("a sweep needs at least one axis", path="axes", source=str(source))
+        if not config.axes and not config.variants:
+            raise ConfigError("a sweep needs at least one axis or variant", path="axes", source=str(source))
         for axis, values in config.axes.items():
             where = f"axes.{axis}"
             with at(where, source=str(source)):
                 parts = parse_key_path(axis)
             if not values:
                 raise ConfigError("an axis needs at least one value", path=where, source=str(source))
-            _check_axis(base_data, axis, parts, values[0], base, source)
-        cells = _grid(config.axes, base_data)
+            _check_axis(base_data, axis, parts, values[0], base, source, where=where)
+        for name, settings in config.variants.items():
+            if not isinstance(settings, Mapping) or not settings:
+                raise ConfigError(
+                    "a variant is a non-empty mapping of key paths to values",
+                    path=f"variants.{name}",
+                    source=str(source),
+                )
+            for key, value in settings.items():
+                where = f"variants.{name}.{key}"
+                with at(where, source=str(source)):
+                    parts = parse_key_path(key)
+                _check_axis(base_data, key, parts, value, base, source, where=where)
+        cells = _grid(config.axes, base_data, config.variants)
         return cls(config, source, base_data, cells, judge=judge, engine_hook=engine_hook, reuse=reuse)
 
     @property
     def folder(self) -> Path:
         """The sweep file's folder (its paths are relative to it)."""
         return self.source.resolve().parent
+
+    @property
+    def columns(self) -> list[str]:
+        """What tells the cells apart in reports: ``variant`` (when the file has variants), then the axes."""
+        return (["variant"] if self.config.variants else []) + list(self.config.axes)
 
     @property
     def base_path(self) -> Path:
@@ -594,7 +618,7 @@ class Sweep:
         ordered = tuple(results[cell.id] for cell in self.cells)
         from ._report import write_reports
 
-        files, pareto = write_reports(ordered, list(self.config.axes), out)
+        files, pareto = write_reports(ordered, self.columns, out)
         report = SweepReport(
             ordered,
             out,
@@ -660,6 +684,7 @@ class Sweep:
             limit=self.config.limit,
             prices=prices,
             config_name=f"{self.source} cell {cell.id}",
+            trace=self.config.trace,
         )
         try:
             try:
@@ -734,7 +759,14 @@ def _settings(judge: Judge) -> dict[str, Any]:
 
 
 def _check_axis(
-    base: Mapping[str, Any], axis: str, parts: list[str | int], first: Any, file: Path, source: Path
+    base: Mapping[str, Any],
+    axis: str,
+    parts: list[str | int],
+    first: Any,
+    file: Path,
+    source: Path,
+    *,
+    where: str,
 ) -> None:
     node, missing = _walk(base, parts)
     last = parts[-1]
@@ -749,8 +781,8 @@ def _check_axis(
             missing = _unknown_leaf(base, parts, first)
     if missing is not None:
         raise ConfigError(
-            f"axis {axis!r} names no key of the base file {file}: {missing}",
-            path=f"axes.{axis}",
+            f"{axis!r} names no key of the base file {file}: {missing}",
+            path=where,
             source=str(source),
         )
 
@@ -770,20 +802,31 @@ def _unknown_leaf(base: Mapping[str, Any], parts: list[str | int], first: Any) -
     return None
 
 
-def _grid(axes: Mapping[str, Sequence[Any]], base: Mapping[str, Any]) -> tuple[SweepCell, ...]:
+def _grid(
+    axes: Mapping[str, Sequence[Any]],
+    base: Mapping[str, Any],
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[SweepCell, ...]:
     cells: list[SweepCell] = []
     seen: set[str] = set()
     names = list(axes)
-    for combo in itertools.product(*(axes[name] for name in names)):
-        values = dict(zip(names, combo, strict=True))
-        data = copy.deepcopy(dict(base))
-        for name, value in values.items():
-            _set(data, parse_key_path(name), value)
-        cid = "_".join(f"{_slug(_last(name))}-{_slug(value)}" for name, value in values.items())
-        if cid in seen:
-            cid += "_" + fingerprint(values)[:6]
-        seen.add(cid)
-        cells.append(SweepCell(cid, values, data))
+    named: list[tuple[str | None, Mapping[str, Any]]] = list((variants or {}).items()) or [(None, {})]
+    for variant, settings in named:
+        for combo in itertools.product(*(axes[name] for name in names)):
+            values = dict(zip(names, combo, strict=True))
+            data = copy.deepcopy(dict(base))
+            for key, value in {**settings, **values}.items():
+                _set(data, parse_key_path(key), value)
+            if variant is not None:
+                values = {"variant": variant, **values}
+            cid = "_".join(
+                _slug(value) if name == "variant" else f"{_slug(_last(name))}-{_slug(value)}"
+                for name, value in values.items()
+            )
+            if cid in seen:
+                cid += "_" + fingerprint(values)[:6]
+            seen.add(cid)
+            cells.append(SweepCell(cid, values, data))
     return tuple(cells)
 
 

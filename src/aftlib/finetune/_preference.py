@@ -9,6 +9,9 @@ Two layouts are recognised, per record:
   "score_rejected", ...}``: the chosen and rejected chats share the conversation and end with an
   assistant turn each. ``chosen`` and ``rejected`` may also be plain strings answering ``prompt``. The
   chosen response is the preferred one; the scores, if present, are kept.
+- GSM8K: ``{"question": str, "answer": str}``: a problem with its worked solution (ending ``#### N``),
+  such as :func:`aftlib.testing.arithmetic_problems` writes. The solution is the one response, and the
+  best: it is the target of an aggregation example.
 
 The record's id is its ``id`` or ``prompt_id``, if it has one. Responses with empty text are dropped
 (and counted on the record). Anything malformed comes out as a :class:`~aftlib.finetune.Skip` naming
@@ -32,7 +35,7 @@ from ._examples import Skip, Source
 
 __all__ = ("PreferenceRecord", "Response", "read_preferences")
 
-Layout = Literal["ultrafeedback", "binarized", "prompt"]
+Layout = Literal["ultrafeedback", "binarized", "gsm8k", "prompt"]
 
 
 @frozen
@@ -168,6 +171,14 @@ def _binarized(data: Mapping[str, Any], source: Source) -> PreferenceRecord:
     return PreferenceRecord(source, "binarized", conversation, responses, 0, None, dropped)
 
 
+def _gsm8k(data: Mapping[str, Any], source: Source) -> PreferenceRecord:
+    question, answer = data["question"], data["answer"]
+    for key, value in (("question", question), ("answer", answer)):
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f"{key!r} must be a non-empty string, got {value!r}")
+    return PreferenceRecord(source, "gsm8k", (Message("user", question),), [Response(answer)], 0)
+
+
 def parse_preference(
     data: Any, *, source: Source, score_key: str = "overall_score", prompts: bool = False
 ) -> PreferenceRecord:
@@ -183,6 +194,8 @@ def parse_preference(
         return _ultrafeedback(data, source, score_key)
     if "chosen" in data and "rejected" in data:
         return _binarized(data, source)
+    if "question" in data and "answer" in data:
+        return _gsm8k(data, source)
     if prompts:
         record = parse_input_record(dict(data), line=source.line)
         if record.followups:
@@ -190,8 +203,8 @@ def parse_preference(
         return PreferenceRecord(source, "prompt", record.conversation, ())
     keys = ", ".join(sorted(data)) or "none"
     raise InputError(
-        "unrecognised layout: expected 'completions' (UltraFeedback) or 'chosen' and 'rejected' "
-        f"(binarized); it has {keys}"
+        "unrecognised layout: expected 'completions' (UltraFeedback), 'chosen' and 'rejected' "
+        f"(binarized), or 'question' and 'answer' (GSM8K); it has {keys}"
     )
 
 

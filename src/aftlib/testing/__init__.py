@@ -5,6 +5,11 @@ soak run that checks a faulty MoA end to end, an engine that takes the time of a
 server (:class:`SimulatedEngine`, for scheduling tests and benchmarks in virtual time), a tiny model
 (and LoRA adapters) that vLLM runs on CPU, and a loopback vLLM OpenAI-compatible server.
 
+A task and models that know it, to measure quality on a CPU: :func:`arithmetic_problems` (seeded word
+problems with worked answers, GSM8K layout, disjoint train/dev/test splits) and
+:func:`arithmetic_model` (the shipped ``base`` model, trained on them, and ``aft``, ``base`` after
+aggregation fine-tuning); ``python -m aftlib.testing.rebuild`` rebuilds the models from scratch.
+
 :class:`FakeEngine` and its fault types live beside the real engines (``aftlib.engines``) and are
 re-exported here. The other helpers are imported on first use, so ``import aftlib.testing`` loads no
 HTTP server, subprocess or memory tracer.
@@ -20,13 +25,16 @@ from ..engines._fake import FakeEngine, Fault, FaultPlan, FaultScript, Handler
 
 if typing.TYPE_CHECKING:
     from ._adapter import build_tiny_adapter
+    from ._arithmetic import arithmetic_problems, tokenizer_corpus
     from ._chaos import ChaosFault, ChaosScript, ChaosServer, chaos_server
+    from ._models import ARITHMETIC_MODELS, arithmetic_model
     from ._server import vllm_server
     from ._simulated import SimulatedEngine, SimulatedRequest, SimulationStats
     from ._soak import SoakReport, soak
     from ._tiny import build_tiny_model, tiny_model_path
 
 __all__ = (
+    "ARITHMETIC_MODELS",
     "ChaosFault",
     "ChaosScript",
     "ChaosServer",
@@ -39,15 +47,22 @@ __all__ = (
     "SimulatedRequest",
     "SimulationStats",
     "SoakReport",
+    "arithmetic_model",
+    "arithmetic_problems",
     "build_tiny_adapter",
     "build_tiny_model",
     "chaos_server",
     "soak",
     "tiny_model_path",
+    "tokenizer_corpus",
     "vllm_server",
 )
 
 _LAZY = {
+    "ARITHMETIC_MODELS": "_models",
+    "arithmetic_model": "_models",
+    "arithmetic_problems": "_arithmetic",
+    "tokenizer_corpus": "_arithmetic",
     "build_tiny_adapter": "_adapter",
     "ChaosFault": "_chaos",
     "ChaosScript": "_chaos",

@@ -10,9 +10,11 @@ the post-processor when ``add_special_tokens=True``, and written by the chat tem
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 from .._errors import MissingExtraError
@@ -97,12 +99,17 @@ def _is_complete(path: pathlib.Path) -> bool:
     return (path / _MARKER).is_file()
 
 
-def _train_tokenizer(tokenizers: Any, vocab_size: int) -> Any:
-    """Train a deterministic byte-level BPE tokenizer of exactly ``vocab_size`` tokens."""
+def _train_tokenizer(tokenizers: Any, vocab_size: int, corpus: Sequence[str], digits: bool) -> Any:
+    """Train a deterministic byte-level BPE tokenizer of exactly ``vocab_size`` tokens on ``corpus``."""
     from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = tokenizers.Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if digits
+        else byte_level
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -112,7 +119,7 @@ def _train_tokenizer(tokenizers: Any, vocab_size: int) -> Any:
         show_progress=False,
     )
     # Paragraphs as separate sequences; training on a fixed list is deterministic.
-    tokenizer.train_from_iterator(_CORPUS.split("\n\n"), trainer=trainer)
+    tokenizer.train_from_iterator(list(corpus), trainer=trainer)
     # A small corpus may run out of merges: pad with reserved tokens, as Llama 3 does, so that
     # every id the model can sample decodes to a token.
     missing = vocab_size - tokenizer.get_vocab_size()
@@ -134,11 +141,13 @@ def _write_model(
     hidden_size: int,
     num_layers: int,
     max_position_embeddings: int,
+    corpus: Sequence[str],
+    digits: bool,
 ) -> None:
     """Write the tokenizer, config, generation config and weights into the folder ``target``."""
     torch, transformers, tokenizers = _require_heavy_modules()
 
-    raw_tokenizer = _train_tokenizer(tokenizers, vocab_size)
+    raw_tokenizer = _train_tokenizer(tokenizers, vocab_size, corpus, digits)
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=raw_tokenizer,
         bos_token=_BOS,
@@ -188,6 +197,8 @@ def _write_model(
         "hidden_size": hidden_size,
         "num_layers": num_layers,
         "max_position_embeddings": max_position_embeddings,
+        "corpus_sha256": hashlib.sha256("\n\n".join(corpus).encode()).hexdigest(),
+        "individual_digits": digits,
     }
     # Written last: its presence means the folder is complete.
     (target / _MARKER).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -201,6 +212,8 @@ def build_tiny_model(
     hidden_size: int = 128,
     num_layers: int = 2,
     max_position_embeddings: int = 2048,
+    corpus: Sequence[str] | None = None,
+    individual_digits: bool = False,
 ) -> pathlib.Path:
     """Write a tiny random-weight Llama model and its tokenizer into the folder ``path``.
 
@@ -221,6 +234,9 @@ def build_tiny_model(
         hidden_size: The model width; a positive multiple of 64.
         num_layers: The number of decoder layers.
         max_position_embeddings: The longest context the model accepts.
+        corpus: The texts the tokenizer is trained on; ``None`` for a few embedded paragraphs of
+            English (the arithmetic models use :func:`~aftlib.testing.tokenizer_corpus`).
+        individual_digits: Make every digit a token of its own (numbers are never merged).
 
     Returns:
         The absolute path of the model folder.
@@ -257,6 +273,8 @@ def build_tiny_model(
                 hidden_size=hidden_size,
                 num_layers=num_layers,
                 max_position_embeddings=max_position_embeddings,
+                corpus=_CORPUS.split("\n\n") if corpus is None else corpus,
+                digits=individual_digits,
             )
     except FileExistsError:
         # Another process may have finished first; its model is as good as ours.

@@ -1,0 +1,260 @@
+"""Rebuild the shipped arithmetic models from scratch, with aftlib's own data builders and trainer.
+
+Usage::
+
+    python -m aftlib.testing.rebuild base --output arithmetic-base
+    python -m aftlib.testing.rebuild aft --base arithmetic-base --output arithmetic-aft
+
+``base`` builds a random 4 x 128 Llama with a tokenizer trained on the task's words (one token per
+digit), writes 100,000 train-split problems as direct examples (the AFT proposal request, then the worked
+answer) and trains every weight with :func:`aftlib.finetune.train`. ``aft`` drafts 5 answers per
+problem with ``base`` on the real vLLM engine (:func:`aftlib.finetune.build_on_policy` with the
+proposal template), takes the gold worked answer as the target, mixes in direct examples, and trains
+``base`` on them. Both write their checkpoint with a model card (``README.md``) and the manifest that
+:func:`aftlib.testing.arithmetic_model` checks. The settings below are the ones the shipped models were
+built with; the work folder keeps the data, its cards and the draft cache, so a rerun resumes the drafts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import time
+from typing import Any
+
+from ._arithmetic import arithmetic_problems, tokenizer_corpus
+from ._models import MANIFEST, write_manifest
+from ._tiny import build_tiny_model
+
+__all__ = ("AFT_RECIPE", "BASE_RECIPE", "main", "rebuild_aft", "rebuild_base")
+
+BASE_RECIPE: dict[str, Any] = {
+    "seed": 42,
+    "init_seed": 0,
+    "model": {"vocab_size": 1024, "hidden_size": 128, "num_layers": 4, "max_position_embeddings": 1024},
+    "problems": {"count": 100_000, "seed": 1, "split": "train", "steps": 2, "digits": 2},
+    "train": {
+        "max_steps": 1150,
+        "learning_rate": 1e-3,
+        "batch_size": 64,
+        "gradient_accumulation_steps": 1,
+        "max_length": 256,
+        "logging_steps": 50,
+        "extra": {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 100},
+    },
+}
+"""How ``base`` is built: the random model, the training problems and the training settings."""
+
+AFT_RECIPE: dict[str, Any] = {
+    "seed": 0,
+    "problems": {"count": 4_000, "seed": 2, "split": "train", "steps": 2, "digits": 2},
+    "drafts": {"k": 5, "temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "direct_ratio": 0.5},
+    "train": {
+        "max_steps": 500,
+        "learning_rate": 5e-4,
+        "batch_size": 32,
+        "gradient_accumulation_steps": 1,
+        "max_length": 1024,
+        "logging_steps": 50,
+        "extra": {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 50},
+    },
+}
+"""How ``aft`` is built from ``base``: the problems drafted on, the drafts and the training settings."""
+
+# Training starts from float32 copies of the bf16 weights; the checkpoint is saved in bf16 again.
+_FLOAT32 = {"model_init_kwargs": {"dtype": "float32"}}
+
+
+def _log(message: str) -> None:
+    print(f"rebuild: {message}", file=sys.stderr, flush=True)
+
+
+def _train(model: pathlib.Path, data: pathlib.Path, output: pathlib.Path, recipe: dict[str, Any]) -> Any:
+    from ..finetune import TrainConfig, train
+
+    settings = dict(recipe["train"])
+    settings["extra"] = {**settings["extra"], **_FLOAT32}
+    config = TrainConfig(
+        model=str(model), data=str(data), output_dir=str(output), seed=recipe["seed"], **settings
+    )
+    started = time.perf_counter()
+
+    def on_log(point: Any) -> None:
+        elapsed = time.perf_counter() - started
+        _log(f"step {point.step}/{point.max_steps} loss {point.loss:.4f} ({elapsed:.0f}s)")
+
+    return train(config, on_log=on_log)
+
+
+def _card(output: pathlib.Path, name: str, text: str, facts: dict[str, Any]) -> None:
+    facts = {**facts, "torch threads": _threads(), "machine": platform.machine()}
+    (output / "aftlib-recipe.json").write_text(json.dumps(facts, indent=2) + "\n", encoding="utf-8")
+    (output / "README.md").write_text(text, encoding="utf-8")
+    write_manifest(output)
+    _log(f"{name} written to {output} ({MANIFEST} lists its files)")
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def rebuild_base(output: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
+    """Build the ``base`` model into ``output`` (see the module docstring); returns ``output``."""
+    from ..finetune import direct_example
+
+    recipe = BASE_RECIPE
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    init = build_tiny_model(
+        workdir / "base-init",
+        seed=recipe["init_seed"],
+        corpus=tokenizer_corpus(),
+        individual_digits=True,
+        **recipe["model"],
+    )
+    data = workdir / "base.train.jsonl"
+    problems = arithmetic_problems(**recipe["problems"])
+    with data.open("w", encoding="utf-8") as handle:
+        for problem in problems:
+            messages = direct_example(problem["question"], problem["answer"])
+            handle.write(json.dumps({"messages": [dict(m) for m in messages], "kind": "direct"}) + "\n")
+    _log(f"{len(problems)} training problems in {data}")
+    result = _train(init, data, output, recipe)
+    facts = {
+        "recipe": recipe,
+        "steps": result.steps,
+        "train_loss": result.train_loss,
+        "last_loss": result.last_loss,
+        "seconds": round(time.perf_counter() - started),
+    }
+    _card(output, "base", card_text("base", facts), facts)
+    return output
+
+
+async def _aft_data(base: pathlib.Path, problems_file: pathlib.Path, data: pathlib.Path) -> Any:
+    from .._types import SamplingParams
+    from ..engines import VLLMEngine
+    from ..finetune import build_on_policy, read_preferences, write_dataset
+
+    drafts = AFT_RECIPE["drafts"]
+    sampling = SamplingParams(
+        temperature=drafts["temperature"], top_p=drafts["top_p"], max_tokens=drafts["max_tokens"]
+    )
+    async with VLLMEngine(
+        str(base),
+        max_model_len=1024,
+        seed=AFT_RECIPE["seed"],
+        enforce_eager=True,
+        # no prompt split over two steps: vLLM on CPU fails seeded requests whose prefill is split
+        max_num_batched_tokens=65536,
+    ) as engine:
+        items = build_on_policy(
+            engine,
+            read_preferences(problems_file),
+            k=drafts["k"],
+            seed=AFT_RECIPE["seed"],
+            sampling=sampling,
+            icl_template="aft_propose",
+            direct_ratio=drafts["direct_ratio"],
+            cache=workdir_cache(data),
+        )
+        sources = {"command": "python -m aftlib.testing.rebuild aft", "k": drafts["k"], "base": str(base)}
+        return await write_dataset(data, items, sources=sources)
+
+
+def workdir_cache(data: pathlib.Path) -> pathlib.Path:
+    """The draft cache beside a dataset (``aftlib data`` keeps it at the same place)."""
+    from ..finetune._drafts import drafts_path
+
+    return drafts_path(data)
+
+
+def rebuild_aft(base: pathlib.Path, output: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
+    """Build the ``aft`` model from ``base`` into ``output`` (see the module docstring); returns it."""
+    import anyio
+
+    recipe = AFT_RECIPE
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    problems_file = workdir / "aft.problems.jsonl"
+    with problems_file.open("w", encoding="utf-8") as handle:
+        for problem in arithmetic_problems(**recipe["problems"]):
+            handle.write(json.dumps(problem) + "\n")
+    data = workdir / "aft.train.jsonl"
+    card = anyio.run(_aft_data, base, problems_file, data)
+    _log(f"training data: {card.examples} in {data}")
+    drafting = round(time.perf_counter() - started)
+    result = _train(base, data, output, recipe)
+    facts = {
+        "recipe": recipe,
+        "examples": card.examples,
+        "steps": result.steps,
+        "train_loss": result.train_loss,
+        "last_loss": result.last_loss,
+        "drafting_seconds": drafting,
+        "seconds": round(time.perf_counter() - started),
+    }
+    _card(output, "aft", card_text("aft", facts), facts)
+    return output
+
+
+def card_text(name: str, facts: dict[str, Any]) -> str:
+    """The model card of a rebuilt model; the accuracy is measured by ``bench/aft_miniature.py``."""
+    recipe = facts["recipe"]
+    command = (
+        "python -m aftlib.testing.rebuild base --output arithmetic-base"
+        if name == "base"
+        else "python -m aftlib.testing.rebuild aft --base arithmetic-base --output arithmetic-aft"
+    )
+    what = (
+        "A 4-layer, 128-wide Llama (about 1.1M parameters) trained from random weights to solve two-step, "
+        "two-digit arithmetic word problems, answering the AFT proposal request (a system message "
+        "holding one newline, then the problem) with a worked answer ending `#### N`."
+        if name == "base"
+        else "The `base` model after aggregation fine-tuning on its own drafts: given a problem and five "
+        "drafts in the AFT aggregation request, it writes the worked answer. It still drafts (direct "
+        "examples were mixed in)."
+    )
+    return (
+        f"# aftlib arithmetic-{name}\n\n{what}\n\nA toy model on a toy task, for measuring aftlib's "
+        "topologies on a CPU; it knows nothing else.\n\n"
+        "## Rebuild\n\n```bash\n" + command + "\n```\n\n"
+        f"Measured: {facts['seconds']} s on 2 CPU cores.\n\n"
+        "## Training\n\n```json\n" + json.dumps(recipe, indent=2) + "\n```\n\n"
+        f"Steps {facts['steps']}, mean training loss {facts['train_loss']:.4f}, last logged loss "
+        f"{facts['last_loss']:.4f}.\n\n"
+        "## Accuracy\n\nSee `docs/miniature.md` (measured by `bench/aft_miniature.py` on 500 test "
+        "problems).\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: ``python -m aftlib.testing.rebuild {base,aft} --output DIR``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m aftlib.testing.rebuild", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("model", choices=("base", "aft"))
+    parser.add_argument("--output", type=pathlib.Path, required=True, help="The model folder to write.")
+    parser.add_argument(
+        "--base", type=pathlib.Path, help="The base model (aft only; default: the shipped one)."
+    )
+    parser.add_argument("--workdir", type=pathlib.Path, help="Where the data goes (default: OUTPUT.work).")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or args.output.with_name(args.output.name + ".work")
+    if args.model == "base":
+        rebuild_base(args.output, workdir)
+    else:
+        from ._models import arithmetic_model
+
+        base = args.base or arithmetic_model("base")
+        rebuild_aft(base, args.output, workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
