@@ -55,7 +55,13 @@ PASS_AT_K = {"base, majority vote of 5": "base", "AFT, majority vote of 5": "AFT
 
 def topology_file(base: Path, aft: Path) -> dict[str, Any]:
     """The base topology file: both engines and every agent the variants use."""
-    engine = {"type": "vllm", "max_model_len": 1024, "kv_cache_memory_bytes": 1 << 30, "seed": 2025, "enforce_eager": True}
+    engine = {
+        "type": "vllm",
+        "max_model_len": 1024,
+        "kv_cache_memory_bytes": 1 << 30,
+        "seed": 2025,
+        "enforce_eager": True,
+    }
     five = {**DRAFT, "n": 5}
     return {
         "engines": {"base": {**engine, "model": str(base)}, "aft": {**engine, "model": str(aft)}},

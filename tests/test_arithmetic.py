@@ -1,7 +1,8 @@
-"""The arithmetic task and the shipped models: problems, splits, bad settings, model folders, sweep variants."""
+"""The arithmetic task and the shipped models: problems, splits, bad settings, model folders, variants."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_gsm8k_layout_reads_as_a_preference_record(tmp_path: Path) -> None:
     """``aftlib data`` reads GSM8K records: the question is the user turn, the worked answer the target."""
     problem = arithmetic_problems(1, seed=0, split="train")[0]
     path = tmp_path / "problems.jsonl"
-    path.write_text(f'{{"question": {problem["question"]!r}, "answer": "x"}}\n'.replace("'", '"'))
+    path.write_text(json.dumps({"question": problem["question"], "answer": "x"}) + "\n")
     (record,) = read_preferences(path)
     assert record.layout == "gsm8k"  # type: ignore[union-attr]
     assert record.conversation[0].content == problem["question"]  # type: ignore[union-attr]
@@ -114,17 +115,17 @@ def test_shipped_models_match_their_manifest(name: str) -> None:
 
 
 def test_altered_or_incomplete_model_folder_is_refused(tmp_path: Path) -> None:
-    """A changed weight file or a missing file is a ConfigError naming the file, before any engine reads it."""
+    """A changed weight file or a missing file is a ConfigError naming the file, before an engine reads it."""
     folder = tmp_path / "base"
     shutil.copytree(arithmetic_model("base"), folder)
     weights = folder / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    with pytest.raises(ConfigError, match="altered: model.safetensors"):
+    with pytest.raises(ConfigError, match=r"altered: model\.safetensors"):
         _verify("base", folder)
     (folder / "tokenizer.json").unlink()
-    with pytest.raises(ConfigError, match="incomplete: tokenizer.json"):
+    with pytest.raises(ConfigError, match=r"incomplete: tokenizer\.json"):
         _verify("base", folder)
 
 
@@ -151,7 +152,9 @@ def test_sweep_variants_cross_the_axes() -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        variants = "variants:\n  one sample: {layers: [[one]]}\n  vote of 5: {layers: [[five]], final: vote}\n"
+        variants = (
+            "variants:\n  one sample: {layers: [[one]]}\n  vote of 5: {layers: [[five]], final: vote}\n"
+        )
         sweep = Sweep.load(_sweep_files(Path(folder), variants))
     assert [c.id for c in sweep.cells] == [
         "one_sample_temperature-0.5",

@@ -252,7 +252,7 @@ def test_run_help_has_a_description_and_demo_help_its_own(capsys: pytest.Capture
     assert "--config FILE" in run_help
     assert main(["demo", "--help"]) == 0
     demo_help = capsys.readouterr().out
-    assert "tiny random-weight model" in demo_help
+    assert "shipped arithmetic AFT model" in demo_help
     assert "--config FILE" not in demo_help
     assert demo_help != run_help
 

@@ -56,6 +56,8 @@ def test_the_demo_on_a_terminal_shows_a_bar_and_no_engine_warnings(tiny_model: P
     assert re.search(r"records .*2/2", screen)
     assert "engine start: " in screen
     assert "generation: " in screen
+    assert re.search(r"drafts right \d+/10 \(\d+ %\), answers right \d+/2 \(\d+ %\)", screen)
+    assert "toy model" in screen
     assert "WARNING" not in screen
     assert "Traceback" not in screen
 

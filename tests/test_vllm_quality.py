@@ -19,8 +19,8 @@ from aftlib.testing import arithmetic_model, arithmetic_problems
 pytestmark = [pytest.mark.anyio, pytest.mark.vllm]
 
 PROBLEMS = 100
-MARGIN = 0.10
-"""About half the gain measured by bench/aft_miniature.py (docs/miniature.md), so the test does not flake."""
+MARGIN = 0.15
+"""Under half the gain bench/aft_miniature.py measured (.750 against .386, docs/miniature.md): no flakes."""
 
 
 def _engine(name: str) -> VLLMEngine:

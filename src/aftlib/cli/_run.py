@@ -17,13 +17,13 @@ from .. import config
 from .._accounting import PriceTable
 from .._agents import Agent, Emit
 from .._extract import AnswerExtractor
-from .._results import Candidate
-from .._types import Completion, Message
-from ..engines._base import Engine
 from .._io import iter_json, read_yaml
+from .._results import Candidate
 from .._runner import FORMATS, Runner, RunSummary, journal_path, summary_path
 from .._shards import Shard, shard_spec
 from .._topology import Topology
+from .._types import Completion, Message
+from ..engines._base import Engine
 from ._common import (
     Interrupted,
     configure_output,
@@ -41,7 +41,7 @@ __all__ = ("demo", "run")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _DEMO_NOTE = (
-    "note: a toy model (1.1M parameters, trained here on two-step arithmetic) on a toy task; see "
+    "note: a toy model (0.92M parameters, trained here on two-step arithmetic) on a toy task; see "
     "docs/miniature.md. To run a real AFT model (linzw/Llama-AFT-On-Policy) use a GPU machine with "
     "aftlib[vllm] and a config whose model_name is that model: "
     "aftlib run --config aft.yaml --input prompts.jsonl --output out.jsonl"
@@ -62,7 +62,7 @@ DEMO_HELP = """Run the AFT topology with the shipped arithmetic AFT model on CPU
 shipped with aftlib: 5 drafts, then one aggregation, per problem, in about a minute once the engine is
 installed. Prints how often the drafts were right and how often the answers were.
 
-The model is a toy (1.1M parameters trained on two-step arithmetic word problems); to run a real model,
+The model is a toy (0.92M parameters trained on two-step arithmetic word problems); to run a real model,
 use aftlib run --config.
 """
 

@@ -212,7 +212,7 @@ def card_text(name: str, facts: dict[str, Any]) -> str:
         else "python -m aftlib.testing.rebuild aft --base arithmetic-base --output arithmetic-aft"
     )
     what = (
-        "A 4-layer, 128-wide Llama (about 1.1M parameters) trained from random weights to solve two-step, "
+        "A 4-layer, 128-wide Llama (about 0.92M parameters) trained from random weights to solve two-step, "
         "two-digit arithmetic word problems, answering the AFT proposal request (a system message "
         "holding one newline, then the problem) with a worked answer ending `#### N`."
         if name == "base"
