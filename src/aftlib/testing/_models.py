@@ -64,12 +64,14 @@ def _verify(name: str, folder: pathlib.Path) -> None:
             f"the shipped model {name!r} has no readable manifest ({type(exc).__name__}: {exc}); {hint}",
             source=str(manifest_file),
         ) from None
-    for file_name, expected in files.items():
+    for file_name in files:  # a missing file first: it says more than a changed one
         path = folder / file_name
         if not path.is_file():
             raise ConfigError(
                 f"the shipped model {name!r} is incomplete: {file_name} is missing; {hint}", source=str(path)
             )
+    for file_name, expected in files.items():
+        path = folder / file_name
         if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
             raise ConfigError(
                 f"the shipped model {name!r} was altered: {file_name} differs from the manifest; {hint}",
