@@ -172,3 +172,12 @@ def test_sweep_variant_with_an_unknown_key_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         Sweep.load(_sweep_files(tmp_path, "variants:\n  bad: {agents.nope.sampling: 1}\n"))
     assert caught.value.path == "variants.bad.agents.nope.sampling"
+
+
+@pytest.mark.parametrize("name", ARITHMETIC_MODELS)
+def test_rebuild_command_builds_what_ships(name: str) -> None:
+    """The recipe of ``python -m aftlib.testing.rebuild`` is the one recorded in the shipped model."""
+    from aftlib.testing.rebuild import AFT_RECIPE, BASE_RECIPE
+
+    shipped = json.loads((arithmetic_model(name) / "aftlib-recipe.json").read_text())["recipe"]
+    assert shipped == json.loads(json.dumps(BASE_RECIPE if name == "base" else AFT_RECIPE))
