@@ -17,13 +17,14 @@ built with; the work folder keeps the data, its cards and the draft cache, so a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import platform
 import sys
 import time
 from typing import Any
+
+import click
 
 from ._arithmetic import arithmetic_problems, tokenizer_corpus
 from ._models import MANIFEST, write_manifest
@@ -233,28 +234,32 @@ def card_text(name: str, facts: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+@click.command(
+    "python -m aftlib.testing.rebuild",
+    help="Rebuild a shipped arithmetic model (base or aft) from scratch into --output.",
+)
+@click.argument("model", type=click.Choice(["base", "aft"]))
+@click.option("--output", type=click.Path(path_type=pathlib.Path), required=True, help="The folder to write.")
+@click.option(
+    "--base",
+    type=click.Path(path_type=pathlib.Path, exists=True, file_okay=False),
+    help="The base model (aft only; default: the shipped one).",
+)
+@click.option("--workdir", type=click.Path(path_type=pathlib.Path), help="Where the data goes (OUTPUT.work).")
+def main(model: str, output: pathlib.Path, base: pathlib.Path | None, workdir: pathlib.Path | None) -> None:
     """The command line: ``python -m aftlib.testing.rebuild {base,aft} --output DIR``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m aftlib.testing.rebuild", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("model", choices=("base", "aft"))
-    parser.add_argument("--output", type=pathlib.Path, required=True, help="The model folder to write.")
-    parser.add_argument(
-        "--base", type=pathlib.Path, help="The base model (aft only; default: the shipped one)."
-    )
-    parser.add_argument("--workdir", type=pathlib.Path, help="Where the data goes (default: OUTPUT.work).")
-    args = parser.parse_args(argv)
-    workdir = args.workdir or args.output.with_name(args.output.name + ".work")
-    if args.model == "base":
-        rebuild_base(args.output, workdir)
-    else:
-        from ._models import arithmetic_model
+    from .._errors import AftError
+    from ._models import arithmetic_model
 
-        base = args.base or arithmetic_model("base")
-        rebuild_aft(base, args.output, workdir)
-    return 0
+    work = workdir or output.with_name(output.name + ".work")
+    try:
+        if model == "base":
+            rebuild_base(output, work)
+        else:
+            rebuild_aft(base or arithmetic_model("base"), output, work)
+    except AftError as exc:  # a user's mistake (an output folder in the way, ...): the message, no traceback
+        raise click.ClickException(str(exc)) from None
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
