@@ -10,7 +10,7 @@ drafts right) is read from the traces as the ceiling. Writes ``results.md`` (the
 errors and generated tokens per problem), the sweep's CSV and plots, and ``miniature.json``.
 
     python bench/aft_miniature.py                       # 500 test problems, into bench_out/miniature
-    python bench/aft_miniature.py --problems 100 --output /tmp/mini
+    python bench/aft_miniature.py --problems 100 --output bench_out/mini
 """
 
 from __future__ import annotations
