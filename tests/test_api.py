@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import types
 
 import aftlib
 import aftlib.config
 import aftlib.engines
 import aftlib.testing
+
+PACKAGES = (
+    "aftlib",
+    "aftlib.config",
+    "aftlib.engines",
+    "aftlib.evaluate",
+    "aftlib.finetune",
+    "aftlib.ray",
+    "aftlib.serve",
+    "aftlib.testing",
+)
 
 
 def test_all_lists_exactly_the_public_names() -> None:
@@ -51,3 +64,29 @@ def test_public_classes_report_their_public_module() -> None:
     assert aftlib.testing.FakeEngine.__module__ == "aftlib.engines"
     assert repr(aftlib.SamplingParams()).startswith("SamplingParams(")
     assert aftlib.config.TopologyConfig.__module__ == "aftlib.config"
+
+
+def test_every_public_name_of_every_package_reports_a_public_module() -> None:
+    """Each class and function in a package's __all__ says it lives in a public module (none with "._").
+
+    Classes shared by two packages (FakeEngine in aftlib.engines and aftlib.testing) report the package that
+    owns them; a name defined in the package itself reports that package.
+    """
+    private = []
+    for name in PACKAGES:
+        package = importlib.import_module(name)
+        for public in package.__all__:
+            value = getattr(package, public)
+            if not (inspect.isclass(value) or inspect.isfunction(value)):
+                continue
+            module = str(value.__module__)
+            if module.startswith("aftlib") and "._" in module:
+                private.append(f"{name}.{public} reports {module}")
+    assert private == []
+
+
+def test_subpackages_are_attributes_of_aftlib() -> None:
+    """aftlib.evaluate and aftlib.serve, like config, finetune, ray and testing, load on first access."""
+    for name in ("config", "evaluate", "finetune", "ray", "serve", "testing"):
+        assert isinstance(getattr(aftlib, name), types.ModuleType)
+        assert name in aftlib.__all__

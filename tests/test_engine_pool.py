@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from aftlib import ConfigError, EngineError, Proposer, Topology, config
@@ -85,3 +87,37 @@ async def test_an_engine_that_fails_to_start_closes_those_already_started() -> N
         async with EnginePool([first, broken]):
             pass
     assert (first.starts, first.closes) == (1, 1)
+
+
+async def test_an_engine_entered_from_two_tasks_at_once_starts_once_and_closes_once() -> None:
+    """Two tasks entering one engine while it is still starting: one start, and one close after both leave."""
+    calls: list[str] = []
+    starting, trying, release = anyio.Event(), anyio.Event(), anyio.Event()
+
+    class Slow(FakeEngine):
+        async def start(self) -> None:
+            calls.append("start")
+            starting.set()
+            await release.wait()
+
+        async def aclose(self) -> None:
+            calls.append("close")
+
+    engine = Slow(name="slow")
+
+    async def enter(event: anyio.Event | None = None) -> None:
+        if event is not None:
+            event.set()
+        async with engine:
+            calls.append("in")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(enter)
+        await starting.wait()
+        tg.start_soon(enter, trying)
+        await trying.wait()
+        for _ in range(10):  # room for the second task to start the engine again, were it not counted
+            await anyio.lowlevel.checkpoint()
+        release.set()
+    assert calls == ["start", "in", "in", "close"]
+    assert engine._entered == 0

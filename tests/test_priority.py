@@ -11,8 +11,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from aftlib import ChatRequest, ConfigError, Message, Runner, presets
-from aftlib._priority import STEP
+from aftlib._priority import NEUTRAL, STEP
 from aftlib.engines import FakeEngine, LimitedEngine, OpenAIEngine, VLLMEngine
+from aftlib.evaluate import EvalItem, MTBenchJudge
 
 from .test_openai_engine import Server, chunk, sse, usage_chunk
 
@@ -67,6 +68,27 @@ async def test_the_runner_gives_every_turn_of_a_record_one_order(tmp_path: Path)
     assert len(ages["q1"]) == 1
     assert len(ages["q2"]) == 1
     assert ages["q1"].pop() < ages["q2"].pop()
+
+
+async def test_each_run_of_a_runner_numbers_its_records_from_zero(tmp_path: Path) -> None:
+    """Ages are per run: a second Runner run's first record is as old as the first run's first record."""
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"id": "a", "turns": ["q"]}) + "\n")
+    engine = FakeEngine()
+    topology = presets.aft(engine, n=1, num_aggregation=1, max_tokens=8)
+    await Runner(topology, source, tmp_path / "one.jsonl", concurrency=1).run()
+    await Runner(topology, source, tmp_path / "two.jsonl", concurrency=1).run()
+    first, second = ({r.priority % STEP for r in engine.requests[i : i + 2]} for i in (0, 2))
+    assert first == second == {0}
+
+
+async def test_a_request_built_outside_a_topology_never_outranks_an_answer() -> None:
+    """A judge's request (built outside any step) is NEUTRAL: behind every final answer, not 0."""
+    engine = FakeEngine(handler=lambda request, index: "Rating: [[7]]")
+    await MTBenchJudge(engine).judge(EvalItem("x", ["What is 1+1?"], ["2"], category="writing"))
+    (request,) = engine.requests
+    assert request.priority == NEUTRAL
+    assert request.priority > STEP - 1  # the final answer of any run (age < STEP) goes first
 
 
 async def test_a_limited_engine_gives_free_places_in_priority_order() -> None:
@@ -135,15 +157,17 @@ def _answer(body: dict[str, object]) -> httpx.Response:
 
 
 async def test_an_openai_engine_sends_the_priority_in_the_body() -> None:
-    """A non-zero priority goes in the request body; priority 0 (the default) adds nothing."""
+    """A non-zero priority (the neutral default too) goes in the request body; priority 0 adds nothing."""
     server = Server(_answer)
     client = httpx.AsyncClient(transport=httpx.MockTransport(server))
     async with OpenAIEngine("m", "http://one.test/v1", http_client=client) as engine:
         assert engine.supports_priority
         await engine.generate(ChatRequest([Message("user", "hi")], priority=42))
+        await engine.generate(ChatRequest([Message("user", "hi")], priority=0))
         await engine.generate(ChatRequest([Message("user", "hi")]))
     assert server.bodies[0]["priority"] == 42
     assert "priority" not in server.bodies[1]
+    assert server.bodies[2]["priority"] == NEUTRAL
 
 
 async def test_a_server_that_refuses_priority_gets_requests_without_it() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from aftlib import (
@@ -13,6 +15,7 @@ from aftlib import (
     Layer,
     Message,
     Proposer,
+    Result,
     SamplingParams,
     Topology,
     presets,
@@ -52,16 +55,43 @@ async def test_a_model_the_server_does_not_serve_fails_at_start(openai_server: s
 async def test_moa_over_two_vllm_models_and_a_server(
     vllm_engine: VLLMEngine, other_tiny_model: Path, openai_server: str
 ) -> None:
-    """A MoA over two in-process vLLM engines of different models and one OpenAI agent: all answer."""
-    other = VLLMEngine(str(other_tiny_model), name="wide", max_model_len=2048, enforce_eager=True)
+    """A MoA over two in-process vLLM engines of different models and one OpenAI agent: all answer.
+
+    The second vLLM engine is shared by two topologies entered from two tasks at once: it starts once
+    and closes once (a second start would leak the first engine's process and memory).
+    """
+    calls: list[str] = []
+
+    class Counted(VLLMEngine):
+        async def start(self) -> None:
+            calls.append("start")
+            await anyio.lowlevel.checkpoint()  # let the other task try to enter while this one starts
+            await super().start()
+
+        async def aclose(self) -> None:
+            calls.append("close")
+            await super().aclose()
+
+    other = Counted(str(other_tiny_model), name="wide", max_model_len=2048, enforce_eager=True)
     remote = OpenAIEngine("tiny-served", openai_server, name="server")
     topology = presets.moa([vllm_engine, other, remote], vllm_engine, layers=3, max_tokens=12)
-    async with other, remote:
-        result = await topology.run("Name three colours.")
+    alone = Topology([[Proposer(other)]], Aggregator(other, sampling=SamplingParams(max_tokens=8)))
+    results: dict[str, Result] = {}
+
+    async def use(name: str, which: Topology) -> None:
+        async with which:
+            results[name] = await which.run("Name three colours.")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(use, "moa", topology)
+        tg.start_soon(use, "alone", alone)
+    assert calls == ["start", "close"]
+    result = results["moa"]
     assert [len(layer.candidates) for layer in result.layers] == [3, 3]
     assert all(c.completion_tokens > 0 for layer in result.layers for c in layer.candidates)
     assert isinstance(result.text, str)
     assert result.usage.requests == 7
+    assert results["alone"].usage.requests == 2
 
 
 async def test_two_lora_adapters_on_one_engine_in_one_run(vllm_engine: VLLMEngine) -> None:

@@ -123,22 +123,24 @@ __all__ = (
     "__version__",
     "config",
     "engines",
+    "evaluate",
     "finetune",
     "merge_shards",
     "presets",
     "ray",
+    "serve",
     "testing",
     "traced_requests",
 )
 
 if typing.TYPE_CHECKING:
-    from . import config, finetune, ray, testing
+    from . import config, evaluate, finetune, ray, serve, testing
 
-_SUBMODULES = ("config", "finetune", "ray", "testing")
+_SUBMODULES = ("config", "evaluate", "finetune", "ray", "serve", "testing")
 
 
 def __getattr__(name: str) -> object:
-    """Import ``aftlib.config``, ``aftlib.finetune``, ``aftlib.ray`` and ``aftlib.testing`` on first use."""
+    """Import a subpackage (``aftlib.config``, ``aftlib.evaluate``, ``aftlib.serve``, ...) on first use."""
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,13 @@ priority (``VLLMEngine`` by default, ``OpenAIEngine`` on a server started with
 records finish one after another instead of all together at the end, at the same throughput.
 
 The topology sets the priority of the step it runs in a context variable (:func:`step`); the agents read it
-when they build their requests (:func:`current`), so a custom agent gets it without passing it on.
+when they build their requests (:func:`current`), so a custom agent gets it without passing it on. A request
+built outside any step (a judge's, a data builder's drafts) gets :data:`NEUTRAL`: behind every run's final
+answer, never ahead of them.
+
+A run's age is its ``order``: the :class:`~aftlib.Runner` numbers its records from 0 in each run, the Ray
+mapper per worker, and a :meth:`Topology.run <aftlib.Topology.run>` given none takes the next number of
+this process (:func:`next_order`), so requests served one by one rank oldest first.
 """
 
 from __future__ import annotations
@@ -18,12 +24,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ("STEP", "current", "next_order", "priority", "step")
+__all__ = ("NEUTRAL", "STEP", "current", "next_order", "priority", "step")
 
 STEP = 1 << 40
 """The priority distance between two steps: room for that many runs' ages within one step."""
 
-_current: ContextVar[int] = ContextVar("aftlib_priority", default=0)
+NEUTRAL = STEP
+"""The priority of a request built outside a topology step: one step before an answer, of the oldest age.
+
+It runs after every run's final request and level with the last layers, never ahead of an answer in flight.
+"""
+
+_current: ContextVar[int] = ContextVar("aftlib_priority", default=NEUTRAL)
 _orders = itertools.count()
 
 
@@ -48,5 +60,5 @@ def step(value: int) -> Iterator[None]:
 
 
 def current() -> int:
-    """The priority for a request built now: that of the innermost :func:`step`, else 0."""
+    """The priority for a request built now: that of the innermost :func:`step`, else :data:`NEUTRAL`."""
     return _current.get()

@@ -14,6 +14,7 @@ so a rerun with another input or topology is refused instead of mixing two datas
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -42,7 +43,6 @@ from ._io import (
 )
 from ._logging import context as log_context
 from ._logging import get_logger
-from ._priority import next_order
 from ._records import BadLine, read_records
 from ._records import InputRecord as Record
 from ._results import AgentFailure, Result
@@ -563,6 +563,7 @@ class Runner:
                     if self.on_progress is not None:
                         self.on_progress(self.stats)
 
+                orders = itertools.count()  # records' ages, oldest first, in this run
                 async with anyio.create_task_group() as tg:
                     seen: set[str] = set()
                     for item in self._items():
@@ -579,7 +580,7 @@ class Runner:
                             continue
                         await admission.wait()
                         admission.started()
-                        tg.start_soon(answer, item, next_order())
+                        tg.start_soon(answer, item, next(orders))
             self._write_bad(errors_path, bad_lines)
             self._errors_file = errors_path if bad_lines else None
             if self.output is not None and self.format != "jsonl":

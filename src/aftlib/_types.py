@@ -9,6 +9,7 @@ import attrs
 from attrs import field, frozen
 
 from ._errors import ConfigError, InputError
+from ._priority import current as current_priority
 
 __all__ = (
     "ChatRequest",
@@ -197,7 +198,9 @@ class ChatRequest:
         sampling: How to sample, including the number of samples ``n``.
         lora: The name of a LoRA adapter to apply, for engines that serve adapters.
         priority: The request's place in the engine's queue: lower runs first (vLLM's convention), equal
-            priorities in arrival order. A topology sets it (:mod:`aftlib` docs, "Priority by depth");
+            priorities in arrival order. By default, the priority of the topology step the request is
+            built in, or a neutral one outside any step (behind every answer in flight; the docs'
+            "Priority by depth");
             engines without a priority scheduler ignore it (:attr:`Engine.supports_priority
             <aftlib.engines.Engine.supports_priority>`). Not part of a request's equality: two requests
             that differ only in their place in line are the same request.
@@ -206,7 +209,7 @@ class ChatRequest:
     messages: list[Message] = field(converter=_message_list)
     sampling: SamplingParams = field(factory=SamplingParams)
     lora: str | None = None
-    priority: int = field(default=0, kw_only=True, eq=False)
+    priority: int = field(factory=current_priority, kw_only=True, eq=False)
 
 
 @frozen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -30,26 +31,53 @@ def unwrap_group() -> Iterator[None]:
         raise
 
 
+_defined_in: dict[type, str] = {}
+"""The module each published class was defined in, for resolving the annotations of its subclasses."""
+
+
+def _namespace(cls: type) -> dict[str, Any]:
+    """The names of the modules that define ``cls`` and its bases, where their annotations are read."""
+    merged: dict[str, Any] = {}
+    for base in reversed(cls.__mro__):
+        defining = sys.modules.get(_defined_in.get(base, base.__module__))
+        if defining is not None:
+            merged.update(vars(defining))
+    return merged
+
+
 def publish(namespace: dict[str, Any], module: str) -> None:
     """Report the public classes and functions of ``namespace.__all__`` as members of ``module``.
 
     Reprs, tracebacks and docs then show ``aftlib.Topology``, not ``aftlib._topology.Topology`` (httpx does
-    the same). The annotations of attrs classes are resolved first, in their own module, so that attrs and
-    cattrs still find their types.
+    the same). Two passes: first the annotations of every attrs class are resolved, in the modules that
+    define the class and its bases (so that attrs and cattrs find their types, whatever the order of
+    ``__all__`` and whichever package published a base first); then the modules are rewritten.
+
+    Raises:
+        RuntimeError: An annotation names something its module does not define at run time.
     """
     import attrs
 
+    ours = []
     for name in namespace["__all__"]:
         value = namespace.get(name)
         if not (isinstance(value, type) or callable(value)) or getattr(value, "__module__", None) is None:
             continue
         if not str(value.__module__).startswith("aftlib") or "._" not in str(value.__module__):
             continue  # not ours, or already published by the package that owns it
+        ours.append(value)
+    for value in ours:
         if isinstance(value, type) and attrs.has(value):
             try:
-                attrs.resolve_types(value)
-            except NameError:  # a name only known to type checkers: keep the private path
-                continue
+                attrs.resolve_types(value, localns=_namespace(value))
+            except NameError as exc:
+                raise RuntimeError(
+                    f"cannot publish {value.__module__}.{value.__qualname__} as {module}: its annotations "
+                    f"name something its module does not import at run time ({exc})"
+                ) from exc
+    for value in ours:
+        if isinstance(value, type):
+            _defined_in.setdefault(value, value.__module__)
         try:
             value.__module__ = module
         except (AttributeError, TypeError):  # builtins-backed aliases

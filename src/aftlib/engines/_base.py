@@ -40,6 +40,7 @@ class Engine(anyio.abc.AsyncResource):
 
     name: str = field(default="engine", kw_only=True)
     _entered: int = field(default=0, init=False, repr=False)
+    _entry: anyio.Lock | None = field(default=None, init=False, repr=False)
 
     @abc.abstractmethod
     async def generate(self, request: ChatRequest) -> Completion:
@@ -135,10 +136,19 @@ class Engine(anyio.abc.AsyncResource):
     async def aclose(self) -> None:
         """Release everything :meth:`start` acquired."""
 
+    def _entry_lock(self) -> anyio.Lock:
+        # made on first entry, in the event loop that uses the engine
+        if self._entry is None:
+            self._entry = anyio.Lock()
+        return self._entry
+
     async def __aenter__(self) -> Engine:
-        if self._entered == 0:
-            await self.start()
-        self._entered += 1
+        # Counted under a lock: a second task entering while the first is still starting waits for
+        # that start instead of starting the engine again.
+        async with self._entry_lock():
+            if self._entered == 0:
+                await self.start()
+            self._entered += 1
         return self
 
     async def __aexit__(
@@ -147,11 +157,12 @@ class Engine(anyio.abc.AsyncResource):
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        self._entered -= 1
-        if self._entered == 0:
-            # A cancelled run (Ctrl-C, a closed stream) still closes its engines all the way.
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
+        # A cancelled run (Ctrl-C, a closed stream) still closes its engines all the way.
+        with anyio.CancelScope(shield=True):
+            async with self._entry_lock():
+                self._entered -= 1
+                if self._entered == 0:
+                    await self.aclose()
 
 
 async def collect(stream: EngineStream) -> Completion:

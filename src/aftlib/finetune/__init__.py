@@ -6,6 +6,7 @@ The data builders need nothing beyond aftlib; training needs the ``train`` extra
 
 from __future__ import annotations
 
+from .._util import publish as _publish
 from ._build import ICL_TEMPLATE, build_off_policy, build_on_policy, choose_proposals
 from ._card import DataCard, DatasetWriter, card_path, load_tokenizer, skipped_path, write_dataset
 from ._examples import Example, Skip, Source, aggregation_example, direct_example
@@ -41,3 +42,5 @@ __all__: tuple[str, ...] = (
     "TrainResult",
     "train",
 )
+
+_publish(globals(), __name__)
