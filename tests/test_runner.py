@@ -9,10 +9,10 @@ from typing import Any
 import anyio
 import pytest
 
-from aftlib import ChatRequest, ConfigError, InputError, Runner, presets
+from aftlib import ChatRequest, ConfigError, InputError, Proposer, Runner, Topology, presets
 from aftlib._io import fingerprint
 from aftlib._records import BadLine, InputRecord, read_records
-from aftlib._runner import describe_topology
+from aftlib._runner import describe_topology, summary_path
 from aftlib.testing import FakeEngine
 
 pytestmark = pytest.mark.anyio
@@ -120,6 +120,28 @@ async def test_runtime_failures_are_error_records_then_retried(tmp_path: Path) -
     rows = read_jsonl(out)
     assert sorted(r["id"] for r in rows) == [1, 2, 3]
     assert all(r["status"] == "done" for r in rows)
+
+
+async def test_a_bug_in_a_custom_agent_propagates_with_its_traceback(tmp_path: Path) -> None:
+    """A TypeError in a custom agent is not an ordinary failed record: it stops the run and comes through.
+
+    Records already answered stay in the output and the summary says the run was interrupted.
+    """
+    path = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "ok"}, {"prompt": "buggy"}])
+    out = tmp_path / "out.jsonl"
+
+    class Buggy(Proposer):
+        async def run(self, conversation: Any, references: Any, **kwargs: Any) -> Any:
+            if "buggy" in conversation[-1].content:
+                return len(None)  # type: ignore[arg-type]  # the programming error under test
+            return await super().run(conversation, references, **kwargs)
+
+    topology = Topology([], Buggy(echo_engine()))
+    with pytest.raises(TypeError, match="has no len"):
+        await Runner(topology, path, out, concurrency=1).run()
+    assert [r["id"] for r in read_jsonl(out)] == [1]
+    summary = json.loads(summary_path(out).read_text())
+    assert summary["interrupted"] is True
 
 
 async def test_resume_repairs_a_torn_last_line(tmp_path: Path) -> None:

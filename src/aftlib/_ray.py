@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._accounting import usage_dict
-from ._errors import ConfigError, MissingExtraError
+from ._errors import AftError, ConfigError, MissingExtraError
 from ._records import parse_input_record
 from ._results import Result
 from ._topology import Topology
@@ -238,7 +238,7 @@ class TopologyMapper:
                 if followup is not None:
                     conversation += [Message("assistant", results[-1].text), Message("user", followup)]
                 results.append(await self.topology.run(conversation, on_answer=on_answer, order=order))
-        except Exception as exc:  # a failed record is a row, never a crashed job
+        except AftError as exc:  # a failed record is a row, never a crashed job; a bug propagates
             out.update(status="error", error=f"{type(exc).__name__}: {exc}")
         else:
             out["response"] = results[-1].text

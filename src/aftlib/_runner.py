@@ -50,6 +50,7 @@ from ._shards import Shard, shard_spec
 from ._topology import Topology
 from ._trace import failure_dict, trace
 from ._types import Message, Usage
+from ._util import unwrap_group
 
 __all__ = (
     "FORMATS",
@@ -499,8 +500,11 @@ class Runner:
         Raises:
             InputError: The input cannot be read, or (with ``strict``) has bad lines; nothing ran.
             ConfigError: The output cannot be written, is in use, or holds another run's records.
+
+        A programming error (in a custom agent, say) is not a failed record: it stops the run and
+        comes through as itself, with its traceback.
         """
-        with log_context(run_id=self.run_id):
+        with log_context(run_id=self.run_id), unwrap_group():
             if self._claimed:
                 return await self._run()
             with self.claim():
@@ -691,7 +695,7 @@ class Runner:
                     if followup is not None:
                         conversation += [Message("assistant", results[-1].text), Message("user", followup)]
                     results.append(await self.topology.run(conversation, on_answer=on_answer, order=order))
-            except (AftError, Exception) as exc:  # a failed record is written, never dropped
+            except AftError as exc:  # a failed record is written, never dropped; a bug propagates
                 log.warning("record failed", error=f"{type(exc).__name__}: {exc}")
                 line.update(status="error", error=f"{type(exc).__name__}: {exc}")
                 if isinstance(exc, QuorumError):

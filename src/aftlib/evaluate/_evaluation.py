@@ -27,6 +27,7 @@ from .._io import exclusive_lock, fingerprint, side_path, write_json_atomic
 from .._logging import get_logger
 from .._runner import RunStats, _key, _resume
 from .._types import Usage
+from .._util import unwrap_group
 from ..engines._base import Engine
 from ._judge import EvalItem, EvalSummary, Judge, Judgment
 
@@ -281,11 +282,15 @@ class Evaluation:
 
         Raises:
             ConfigError: The output cannot be written, is in use, or holds another evaluation's judgments.
+
+        A programming error in a judge is not a failed judgment: it stops the evaluation and comes
+        through as itself, with its traceback.
         """
-        if self._claimed:
-            return await self._run()
-        with self.claim():
-            return await self._run()
+        with unwrap_group():
+            if self._claimed:
+                return await self._run()
+            with self.claim():
+                return await self._run()
 
     async def _run(self) -> EvalReport:
         log = get_logger(__name__, output=str(self.output), judge=self.judge.name)
@@ -339,7 +344,7 @@ class Evaluation:
     async def _judge(self, item: EvalItem) -> tuple[dict[str, Any], int]:
         try:
             judgment = await self.judge.judge(item)
-        except (AftError, Exception) as exc:  # a failed judge call is written, never dropped
+        except AftError as exc:  # a failed judge call is written, never dropped; a bug propagates
             get_logger(__name__, item=item.id).warning(
                 "judge call failed", error=f"{type(exc).__name__}: {exc}"
             )

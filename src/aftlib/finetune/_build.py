@@ -24,7 +24,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from attrs import define, evolve
 
 from .._agents import Aggregator
-from .._errors import ConfigError
+from .._errors import AftError, ConfigError
 from .._io import fingerprint
 from .._logging import get_logger
 from .._streams import producer_stream
@@ -224,7 +224,7 @@ class _Builder:
             log = get_logger(__name__, record=record.source.key, file=record.source.file)
             try:
                 (answer,), _ = await self.target.final.run(record.conversation, proposals, layer=0, emit=None)
-            except Exception as exc:  # an engine failure skips this record, counted and listed
+            except AftError as exc:  # an engine failure skips this record, counted and listed
                 log.warning("target engine failed", error=repr(exc))
                 return Skip("target engine failed", f"{type(exc).__name__}: {exc}", record.source)
             text = answer.text
@@ -276,7 +276,7 @@ class _Builder:
             log = get_logger(__name__, record=record.source.key, file=record.source.file)
             try:
                 completion = await self.engine.generate(request)
-            except Exception as exc:  # an engine failure skips this record, counted and listed
+            except AftError as exc:  # an engine failure skips this record, counted and listed
                 log.warning("drafting engine failed", error=repr(exc))
                 return Skip("drafting engine failed", f"{type(exc).__name__}: {exc}", record.source)
             texts = [s.text for s in sorted(completion.samples, key=lambda s: s.index)]
