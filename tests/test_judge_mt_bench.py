@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,7 @@ def test_bad_settings_are_config_errors() -> None:
         ("Rating: [[10.]]", 10.0),
         ("Rating: [[07]]", 7.0),
         ("Rating: [[12]]", 12.0),
+        ("Rating: [[" + "9" * 400 + "]]", math.inf),
         ("", -1.0),
     ],
 )
@@ -267,6 +269,15 @@ async def test_judgment_holds_both_turns_and_the_raw_texts() -> None:
     assert judgment.judge == "mt_bench"
     assert judgment.usage.requests == 2
     json.dumps(judgment.to_json(), allow_nan=False)
+
+
+async def test_a_rating_of_400_digits_is_inf_and_keeps_the_other_turn() -> None:
+    """A judge rating too large for a float is +inf (not an OverflowError); the other turn's rating stays."""
+    huge = "[[" + "9" * 400 + "]]"
+    engine = scripted({("Compose an engaging", 1): huge, ("Compose an engaging", 2): "[[4]]"})
+    judgment = await MTBenchJudge(engine).judge(item("81"))
+    assert judgment.details["turn_1"] == math.inf
+    assert judgment.details["turn_2"] == 4.0
 
 
 async def test_an_unrated_turn_is_minus_one_and_left_out_of_the_score() -> None:

@@ -407,6 +407,31 @@ BAD_INPUT = [
         "'logprobs' is not supported",
     ),
     (
+        "JSON nested 1,000 levels deep",
+        b'{"model": "fake-moa", "messages": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+        400,
+        "nested too deeply",
+    ),
+    (
+        "temperature 1e999",
+        b'{"model": "fake-moa", "messages": [{"role": "user", "content": "hi"}], "temperature": 1e999}',
+        400,
+        "temperature must be a finite number",
+    ),
+    (
+        "top_p NaN",
+        b'{"model": "fake-moa", "messages": [{"role": "user", "content": "hi"}], "top_p": NaN}',
+        400,
+        "top_p must be a finite number",
+    ),
+    ("n true", {"model": "fake-moa", "messages": QUESTION, "n": True}, 400, "'n' must be an integer"),
+    (
+        "include_usage a string",
+        {"model": "fake-moa", "messages": QUESTION, "stream": True, "stream_options": {"include_usage": "y"}},
+        400,
+        "'stream_options.include_usage' must be true or false",
+    ),
+    (
         "body too large",
         {"model": "fake-moa", "messages": [{"role": "user", "content": "x" * (1 << 20)}]},
         413,
@@ -421,14 +446,19 @@ BAD_INPUT = [
 def test_bad_input_is_an_openai_error_and_the_server_keeps_serving(
     url: str, body: Any, status: int, message: str
 ) -> None:
-    """Each bad request: the OpenAI error shape, its status, a message naming the problem; a good one next."""
+    """Each bad request: the OpenAI error shape, its status, a message naming the problem, a request id;
+    the next request on the same keep-alive connection is answered.
+    """
     kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
-    response = httpx.post(f"{url}/chat/completions", timeout=30, **kwargs)
-    assert response.status_code == status
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert message in error["message"]
-    assert post(url, {"model": "fake-moa", "messages": QUESTION}).status_code == 200
+    with httpx.Client(timeout=30) as client:
+        response = client.post(f"{url}/chat/completions", **kwargs)
+        assert response.status_code == status
+        assert response.headers["x-request-id"]
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert message in error["message"]
+        good = client.post(f"{url}/chat/completions", json={"model": "fake-moa", "messages": QUESTION})
+        assert good.status_code == 200
 
 
 def test_access_logs_carry_request_and_run_ids_and_timings() -> None:

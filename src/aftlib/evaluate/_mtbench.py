@@ -43,7 +43,7 @@ def mt_bench_rating(text: str) -> float:
     The first ``[[N]]`` (``N`` digits with an optional decimal part), else the first ``[N]``; its value
     through ``ast.literal_eval`` (FastChat's own reading). A number FastChat cannot evaluate, such as one
     with leading zeros (``[[07]]``, where FastChat stops with a ``SyntaxError``), is read as a decimal.
-    Ratings are not clamped to 1-10, as in FastChat.
+    Ratings are not clamped to 1-10, as in FastChat; one too large for a float is ``inf``.
     """
     match = _RATING.search(text) or _RATING_BACKUP.search(text)
     if match is None:
@@ -53,7 +53,10 @@ def mt_bench_rating(text: str) -> float:
         value = ast.literal_eval(number)
     except (ValueError, SyntaxError):
         value = float(number)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer of hundreds of digits: as huge as a float can say
+        return math.inf
 
 
 def _references(value: Mapping[Any, Iterable[str]] | None) -> dict[str, tuple[str, ...]] | None:

@@ -245,6 +245,11 @@ class _Chat:
             )
             await _send_error(send, refused, request_id)
             return
+        except Exception:  # the HTTP boundary: a bug is logged with its traceback, the client gets JSON
+            get_logger(__name__, request_id=request_id).exception("request failed before its run")
+            failed = ApiError(500, "the server failed to read the request", type="server_error")
+            await _send_error(send, failed, request_id)
+            return
         if prepared is None:
             return  # the client left while sending the body
         call, topology, conversation = prepared
@@ -287,6 +292,10 @@ class _Chat:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        except RecursionError:
+            raise ApiError(
+                400, "the request body is nested too deeply to read", code="invalid_json"
+            ) from None
         call = parse_chat(body)
         topology = server.resolve(call.model)
         try:

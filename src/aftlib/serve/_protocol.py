@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -134,7 +135,18 @@ def _number(body: Mapping[str, Any], key: str, *, integer: bool = False) -> floa
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok:
         raise bad(f"{key} must be {'an integer' if integer else 'a number'}, got {value!r}", key)
+    if not integer and not math.isfinite(value):
+        raise bad(f"{key} must be a finite number, got {value!r}", key)
     return int(value) if integer else float(value)
+
+
+def _flag(options: Mapping[str, Any], key: str, where: str) -> bool:
+    value = options.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad(f"'{where}' must be true or false, got {value!r}", where)
+    return value
 
 
 def parse_chat(body: Any) -> ChatCall:
@@ -156,6 +168,8 @@ def parse_chat(body: Any) -> ChatCall:
     if fmt is not None and not (isinstance(fmt, Mapping) and fmt.get("type") == "text"):
         raise bad("'response_format' other than {'type': 'text'} is not supported", "response_format")
     n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+        raise bad(f"'n' must be an integer, got {n!r}", "n")
     if n is not None and n != 1:
         raise bad(f"'n' must be 1 (one topology run per request), got {n!r}", "n", "unsupported_parameter")
     if "messages" not in body:
@@ -181,12 +195,12 @@ def parse_chat(body: Any) -> ChatCall:
             f"{messages[-1]['role']!r}",
             "messages",
         )
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise bad(f"'stream' must be true or false, got {stream!r}", "stream")
+    stream = _flag(body, "stream", "stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, Mapping):
         raise bad("'stream_options' must be an object", "stream_options")
+    include_usage = _flag(options, "include_usage", "stream_options.include_usage")
+    events = _flag(options, "aftlib_events", "stream_options.aftlib_events")
     sampling: dict[str, Any] = {}
     for key in ("temperature", "top_p"):
         value = _number(body, key)
@@ -211,8 +225,8 @@ def parse_chat(body: Any) -> ChatCall:
         model,
         tuple(messages),
         stream,
-        bool(options.get("include_usage")),
-        bool(options.get("aftlib_events")),
+        include_usage,
+        events,
         sampling,
     )
 
