@@ -6,10 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from aftlib import InputError
-from aftlib.evaluate import AnswerExtractor, EvalItem, MathJudge, answers_match
+from aftlib.evaluate import AnswerExtractor, EvalItem, Evaluation, MathJudge, _math, answers_match
 
 DATA = Path(__file__).parent / "data"
 
@@ -130,3 +132,63 @@ def test_summary_of_nothing() -> None:
     assert summary.n == 0
     assert summary.metrics["accuracy"] is None
     assert summary.metrics["extraction_failures"] == 0
+
+
+@pytest.mark.anyio
+async def test_a_symbolic_comparison_does_not_block_the_event_loop() -> None:
+    r"""While math-verify compares ``\frac{1}{2}`` with ``0.5`` (in a worker process), the loop keeps running."""
+    ticks = 0
+    done = anyio.Event()
+
+    async def tick() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        await anyio.lowlevel.checkpoint()
+        before = ticks
+        judgment = await MathJudge().judge(item("The answer is \\boxed{\\frac{1}{2}}", "#### 0.5"))
+        during = ticks - before
+        done.set()
+    assert judgment.details["match"] == "symbolic"
+    assert judgment.score == 1.0
+    assert during > 0, "the loop stood still while sympy worked"
+
+
+@pytest.mark.anyio
+async def test_a_symbolic_comparison_past_its_timeout_is_stopped_and_no_match() -> None:
+    """A comparison that takes longer than the judge's timeout counts as no match, marked "timeout"."""
+    judgment = await MathJudge(timeout=0.0).judge(item("\\boxed{\\frac{1}{2}}", "#### 0.5"))
+    assert judgment.details["match"] == "timeout"
+    assert judgment.score == 0.0
+    assert judgment.details["correct"] is False
+
+
+@pytest.mark.anyio
+async def test_the_math_judge_at_concurrency_16_judges_16_items_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluation(concurrency=16) has 16 symbolic comparisons in flight together, not one after another."""
+    in_flight = 0
+    peak = 0
+    all_in = anyio.Event()
+
+    async def compare(gold: str, answer: str, *, timeout: float) -> tuple[bool, str]:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        if in_flight == 16:
+            all_in.set()
+        await all_in.wait()  # a serial judge would never get here for the second item
+        in_flight -= 1
+        return True, "symbolic"
+
+    monkeypatch.setattr(_math, "compare_answers", compare)
+    items = [item(f"\\boxed{{x_{i}}}", f"#### y_{i}", rid=str(i)) for i in range(16)]
+    with anyio.fail_after(10):
+        report = await Evaluation(MathJudge(), items, tmp_path / "j.jsonl", concurrency=16).run()
+    assert peak == 16
+    assert report.judged == 16

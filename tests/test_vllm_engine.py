@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from aftlib import (
@@ -18,7 +20,7 @@ from aftlib import (
     TokenDelta,
     presets,
 )
-from aftlib.engines import LimitedEngine, RetryingEngine, VLLMEngine, collect
+from aftlib.engines import LimitedEngine, RetryingEngine, VLLMEngine, _vllm, collect
 
 from .conftest import TWO_TURNS, reference_aggregation_system
 
@@ -75,6 +77,48 @@ async def test_aft_end_to_end_on_a_two_turn_conversation(
         assert tokenizer.decode(ids) == rendered
         assert ids.count(tokenizer.bos_token_id) == 1
     assert result.usage.prompt_tokens == sum(len(ids) for _, ids in seen)
+
+
+async def test_a_slow_tokenizer_does_not_stall_another_requests_token_stream(
+    vllm_engine: VLLMEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request's prompt takes long to render; meanwhile another request's tokens keep streaming.
+
+    The second request is sent once the first has begun streaming; its rendering waits (in its worker
+    thread) until the first stream has given three more deltas: were rendering on the event loop, that
+    stream could not move and the test would time out.
+    """
+    streamed = threading.Event()
+    original = _vllm.prompt_token_ids
+
+    def slow(tokenizer: Any, messages: Any) -> list[int]:
+        if "slow to render" in messages[-1].content:
+            assert streamed.wait(60), "the other stream gave no tokens while this prompt rendered"
+        return original(tokenizer, messages)
+
+    monkeypatch.setattr(_vllm, "prompt_token_ids", slow)
+    fast = ChatRequest(
+        [Message("user", "Count slowly from one to fifty.")],
+        SamplingParams(max_tokens=64, temperature=1.0, seed=1),
+    )
+    late = ChatRequest([Message("user", "This prompt is slow to render.")], SamplingParams(max_tokens=4))
+    deltas = 0
+
+    async def stream_fast(tg: anyio.abc.TaskGroup) -> None:
+        nonlocal deltas
+        async with vllm_engine.stream(fast) as items:
+            async for item in items:
+                if isinstance(item, Delta) and item.text:
+                    deltas += 1
+                    if deltas == 1:
+                        tg.start_soon(vllm_engine.generate, late)
+                    if deltas == 4:
+                        streamed.set()
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stream_fast, tg)
+    assert deltas >= 4
 
 
 async def test_n_samples_share_one_engine_request(vllm_engine: VLLMEngine) -> None:

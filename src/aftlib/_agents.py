@@ -13,7 +13,8 @@ import hashlib
 import inspect
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar
+from functools import partial
+from typing import Any, ClassVar, TypeVar
 
 import anyio
 import attrs
@@ -22,7 +23,6 @@ from attrs import define, evolve, field, frozen
 from ._budget import fit
 from ._errors import ConfigError
 from ._logging import context, get_logger
-from ._priority import current as current_priority
 from ._results import Candidate, CandidateDone, Event, TokenDelta
 from ._templates import PromptTemplate, as_template
 from ._types import ChatRequest, Completion, Cut, Delta, Message, SamplingParams, Usage
@@ -39,6 +39,8 @@ __all__ = (
     "Subset",
     "emitter",
 )
+
+T = TypeVar("T")
 
 Emit = Callable[[Event], Awaitable[None]]
 EventCallback = Callable[[Event], "Awaitable[object] | object"]
@@ -207,10 +209,21 @@ class ModelAgent(Agent):
     ) -> tuple[ChatRequest, tuple[Cut, ...]]:
         """The request whose messages ``build`` makes from the references that fit the engine's context.
 
-        It carries the priority of the step it is built in (:mod:`._priority`).
+        It carries the priority of the step it is built in (:mod:`._priority`, the request's default).
         """
         messages, fitted, cuts = fit(self.engine, build, references, sampling)
-        return ChatRequest(messages, fitted, self.lora, priority=current_priority()), cuts
+        return ChatRequest(messages, fitted, self.lora), cuts
+
+    async def fitted(self, prepare: Callable[[], T]) -> T:
+        """Run ``prepare`` (which renders prompts and counts their tokens) off the event loop.
+
+        Fitting a prompt to the context renders the chat template and tokenizes, which can take
+        milliseconds on long prompts: done in a worker thread, it does not stall other requests' token
+        streams. Engines that count no tokens (no context window) render on the loop, at no cost.
+        """
+        if self.engine.context_window is None:
+            return prepare()
+        return await anyio.to_thread.run_sync(prepare)
 
     async def run(
         self,
@@ -227,7 +240,7 @@ class ModelAgent(Agent):
             The candidates, in sample order, and the engine's completion.
         """
         with context(layer=layer, agent=self.name):
-            request, cuts = self.prepare(conversation, references)
+            request, cuts = await self.fitted(partial(self.prepare, conversation, references))
             return await self._ask(request, cuts, layer=layer, emit=emit, is_answer=is_answer)
 
     async def _ask(
@@ -392,7 +405,8 @@ class Aggregator(ModelAgent):
             async def one(index: int) -> None:
                 read = subset.choose(len(references), turns, layer, self.name, index)
                 texts = [references[i] for i in read]
-                request, cuts = self._fit(conversation, self.order(conversation, texts), single)
+                ordered = self.order(conversation, texts)
+                request, cuts = await self.fitted(partial(self._fit, conversation, ordered, single))
                 results[index] = await self._ask(
                     request, cuts, layer=layer, emit=emit, is_answer=is_answer, index=index, read=read
                 )

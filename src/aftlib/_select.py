@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import anyio
@@ -244,8 +245,9 @@ class Select(ModelAgent):
             completions: list[Completion] = []
             cuts: tuple[Cut, ...] = ()
             while chosen is None and len(raw) <= self.retries:
-                request, made = self._request(
-                    conversation, references, self.sampling, raw[-1] if raw else None
+                previous = raw[-1] if raw else None
+                request, made = await self.fitted(
+                    partial(self._request, conversation, references, self.sampling, previous)
                 )
                 cuts = cuts or made
                 requests.append(request)
@@ -384,8 +386,8 @@ class BestOfN(ModelAgent):
                     f"gave only {count} candidates"
                 )
             # Rendered before any request is sent, so that a template error is raised as itself.
-            prepared = (
-                [self._fit(conversation, [text], self.sampling) for text in references] if count > 1 else []
+            prepared = await self.fitted(
+                lambda: [self._fit(conversation, [t], self.sampling) for t in references] if count > 1 else []
             )
             scores: list[float | None] = [None] * count
             raw: list[str | None] = [None] * count

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -115,6 +117,34 @@ def _build_llm(vllm: Any, args: Any) -> Any:
     return vllm.v1.engine.async_llm.AsyncLLM.from_engine_args(args)
 
 
+@define(eq=False)
+class _Renders:
+    """Recent prompt renderings keyed by their messages, shared by the loop and worker threads.
+
+    ``tokenizing`` is held while the tokenizer works: a Hugging Face tokenizer is not safe to use from
+    two threads at once.
+    """
+
+    size: int = 256
+    tokenizing: threading.Lock = field(factory=threading.Lock)
+    _items: OrderedDict[tuple[Message, ...], tuple[int, ...]] = field(factory=OrderedDict)
+    _lock: threading.Lock = field(factory=threading.Lock)
+
+    def get(self, key: tuple[Message, ...]) -> tuple[int, ...] | None:
+        with self._lock:
+            ids = self._items.get(key)
+            if ids is not None:
+                self._items.move_to_end(key)
+            return ids
+
+    def put(self, key: tuple[Message, ...], ids: tuple[int, ...]) -> None:
+        with self._lock:
+            self._items[key] = ids
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
 @define(eq=False, init=False)
 class VLLMEngine(Engine):
     """A model served in this process by vLLM's ``AsyncLLM``.
@@ -150,7 +180,7 @@ class VLLMEngine(Engine):
     _llm: Any = field(default=None, repr=False)
     _tokenizer: Any = field(default=None, repr=False)
     _max_model_len: int = field(default=0, repr=False)
-    _last_render: tuple[tuple[Message, ...], list[int]] | None = field(default=None, repr=False)
+    _renders: _Renders = field(factory=lambda: _Renders(), repr=False)
 
     def __init__(
         self,
@@ -260,14 +290,21 @@ class VLLMEngine(Engine):
         return self._render(request.messages)
 
     def _render(self, messages: Sequence[Message]) -> list[int]:
-        # An agent counts its prompt's tokens (to fit the context) right before sending it: keep the
-        # last rendering so the prompt is not rendered and tokenized twice.
+        # An agent counts its prompt's tokens (to fit the context) right before sending it, and the
+        # budget may render a few variants: recent renderings are kept, keyed by the messages.
         key = tuple(messages)
-        if self._last_render is not None and self._last_render[0] == key:
-            return list(self._last_render[1])
-        ids = prompt_token_ids(self.tokenizer, messages)
-        self._last_render = (key, ids)
+        ids = self._renders.get(key)
+        if ids is None:
+            with self._renders.tokenizing:
+                ids = tuple(prompt_token_ids(self.tokenizer, messages))
+            self._renders.put(key, ids)
         return list(ids)
+
+    async def _prompt_ids(self, request: ChatRequest) -> list[int]:
+        """The request's prompt tokens: from the recent renderings, else rendered in a worker thread."""
+        if self._renders.get(tuple(request.messages)) is not None:
+            return self.prompt_token_ids(request)
+        return await anyio.to_thread.run_sync(self.prompt_token_ids, request)
 
     @property
     def supports_logprobs(self) -> bool:
@@ -306,12 +343,14 @@ class VLLMEngine(Engine):
 
     def text_tokens(self, text: str) -> list[int]:
         """Token ids of ``text`` without special tokens."""
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        with self._renders.tokenizing:
+            ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
         return ids
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         """Text of token ids."""
-        text: str = self.tokenizer.decode(list(tokens))
+        with self._renders.tokenizing:
+            text: str = self.tokenizer.decode(list(tokens))
         return text
 
     def _sampling_params(self, request: ChatRequest, prompt_len: int, *, streaming: bool) -> Any:
@@ -353,7 +392,7 @@ class VLLMEngine(Engine):
         what a dataset run wants when no one watches the tokens.
         """
         llm = self.llm
-        prompt_ids = self.prompt_token_ids(request)
+        prompt_ids = await self._prompt_ids(request)
         params = self._sampling_params(request, len(prompt_ids), streaming=False)
         k = request.sampling.logprobs
         lora = self._lora_request(request.lora)
@@ -386,7 +425,7 @@ class VLLMEngine(Engine):
 
     async def _stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         llm = self.llm
-        prompt_ids = self.prompt_token_ids(request)
+        prompt_ids = await self._prompt_ids(request)
         params = self._sampling_params(request, len(prompt_ids), streaming=True)
         k = request.sampling.logprobs
         lora = self._lora_request(request.lora)

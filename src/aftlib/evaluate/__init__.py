@@ -28,12 +28,13 @@ from ._answers import (
 )
 from ._evaluation import EvalReport, Evaluation, eval_path, judge_settings
 from ._judge import EvalItem, EvalSummary, Judge, Judgment, mean_and_standard_error
-from ._math import MathJudge, answers_match
+from ._math import SYMBOLIC_TIMEOUT, MathJudge, answers_match, compare_answers
 from ._mtbench import REFERENCE_CATEGORIES, MTBenchJudge, mt_bench_rating
 from ._report import markdown_table, pareto_front
 from ._sweep import CellResult, Sweep, SweepCell, SweepConfig, SweepJudgeConfig, SweepReport, parse_key_path
 
 __all__ = (
+    "SYMBOLIC_TIMEOUT",
     "EvalItem",
     "EvalSummary",
     "Judge",
@@ -60,6 +61,7 @@ __all__ = (
     "MathJudge",
     "Question",
     "answers_match",
+    "compare_answers",
     "eval_path",
     "join_alpaca_eval",
     "join_math",

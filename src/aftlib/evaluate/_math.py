@@ -9,18 +9,24 @@ lm-evaluation-harness, where it scores 0), and the summary counts it apart.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import anyio
+import anyio.to_process
 from attrs import define, field
 
 from .._errors import InputError, MissingExtraError
 from .._extract import AnswerExtractor, Extracted
 from ._judge import EvalItem, EvalSummary, Judge, Judgment, mean_and_standard_error
 
-__all__ = ("MathJudge", "answers_match")
+__all__ = ("SYMBOLIC_TIMEOUT", "MathJudge", "answers_match", "compare_answers")
+
+SYMBOLIC_TIMEOUT = 10.0
+"""Seconds a symbolic comparison may take before it counts as no match."""
 
 
 def _gold_default() -> AnswerExtractor:
@@ -35,11 +41,14 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _check_math_verify() -> None:
+    if importlib.util.find_spec("math_verify") is None:
+        raise MissingExtraError("the math judge's symbolic comparison", "eval", "math-verify")
+
+
 def _symbolic(gold: str, answer: str) -> bool:
-    try:
-        from math_verify import parse, verify  # type: ignore[import-untyped]
-    except ImportError as exc:
-        raise MissingExtraError("the math judge's symbolic comparison", "eval", "math-verify") from exc
+    from math_verify import parse, verify  # type: ignore[import-untyped]
+
     # math-verify's timeouts use SIGALRM, which only the main thread may set
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
 
@@ -57,12 +66,8 @@ def _symbolic(gold: str, answer: str) -> bool:
         return False
 
 
-def answers_match(gold: str, answer: str) -> tuple[bool, str]:
-    """Whether two normalised answers match, and how: ``"exact"``, ``"number"``, ``"symbolic"`` or ``""``.
-
-    The plain comparisons come first (equal text, then equal numbers); ``math-verify`` only when they
-    fail.
-    """
+def _plain_match(gold: str, answer: str) -> tuple[bool, str] | None:
+    """Equal text, then equal numbers; None when only a symbolic comparison can tell."""
     if gold == answer:
         return True, "exact"
     left, right = _number(gold), _number(answer)
@@ -70,9 +75,38 @@ def answers_match(gold: str, answer: str) -> tuple[bool, str]:
         if math.isclose(left, right, rel_tol=1e-9, abs_tol=1e-12):
             return True, "number"
         return False, ""
-    if _symbolic(gold, answer):
-        return True, "symbolic"
-    return False, ""
+    return None
+
+
+def answers_match(gold: str, answer: str) -> tuple[bool, str]:
+    """Whether two normalised answers match, and how: ``"exact"``, ``"number"``, ``"symbolic"`` or ``""``.
+
+    The plain comparisons come first (equal text, then equal numbers); ``math-verify`` only when they
+    fail, in this thread (with math-verify's own 5 s timeout on the main thread, none elsewhere). In
+    async code use :func:`compare_answers`, which keeps sympy off the event loop.
+    """
+    plain = _plain_match(gold, answer)
+    if plain is not None:
+        return plain
+    _check_math_verify()
+    return (True, "symbolic") if _symbolic(gold, answer) else (False, "")
+
+
+async def compare_answers(gold: str, answer: str, *, timeout: float = SYMBOLIC_TIMEOUT) -> tuple[bool, str]:
+    """:func:`answers_match` without blocking the event loop, with a timeout that stops the work.
+
+    The symbolic comparison runs in a worker process (anyio's process pool), where math-verify's own
+    timeouts work; a comparison still running after ``timeout`` seconds has its worker killed and is
+    not a match (``"timeout"``). Many comparisons run at once, one per worker.
+    """
+    plain = _plain_match(gold, answer)
+    if plain is not None:
+        return plain
+    _check_math_verify()
+    with anyio.move_on_after(timeout):
+        same = await anyio.to_process.run_sync(_symbolic, gold, answer, cancellable=True)
+        return (True, "symbolic") if same else (False, "")
+    return False, "timeout"
 
 
 @define
@@ -94,11 +128,13 @@ class MathJudge(Judge):
     Args:
         extractor: How the answer is found in the item's answer.
         gold_extractor: How the gold answer is found in the reference.
+        timeout: Seconds a symbolic comparison may take before it counts as no match (``"timeout"``).
     """
 
     name: ClassVar[str] = "math"
     extractor: AnswerExtractor = field(factory=AnswerExtractor)
     gold_extractor: AnswerExtractor = field(factory=_gold_default)
+    timeout: float = field(default=SYMBOLIC_TIMEOUT, kw_only=True)
 
     def gold(self, item: EvalItem) -> Extracted:
         """The item's gold answer.
@@ -117,27 +153,36 @@ class MathJudge(Judge):
         return found
 
     async def judge(self, item: EvalItem) -> Judgment:
-        """Judge one item (no engine call, so no await inside)."""
-        return self.judge_now(item)
+        """Judge one item; a symbolic comparison runs off the event loop (:func:`compare_answers`)."""
+        gold, found = self._extract(item)
+        if found.answer is None:
+            return self._verdict(item, gold, found, (False, ""))
+        match = await compare_answers(gold, found.answer, timeout=self.timeout)
+        return self._verdict(item, gold, found, match)
 
     def judge_now(self, item: EvalItem) -> Judgment:
-        """:meth:`judge`, synchronously."""
-        gold = self.gold(item)
-        assert gold.answer is not None
-        text = item.answers[-1] if item.answers else ""
-        found = self.extractor.extract(text)
+        """:meth:`judge`, synchronously, in this thread (:func:`answers_match`)."""
+        gold, found = self._extract(item)
+        match = (False, "") if found.answer is None else answers_match(gold, found.answer)
+        return self._verdict(item, gold, found, match)
+
+    def _extract(self, item: EvalItem) -> tuple[str, Extracted]:
+        gold = self.gold(item).answer
+        assert gold is not None
+        return gold, self.extractor.extract(item.answers[-1] if item.answers else "")
+
+    def _verdict(self, item: EvalItem, gold: str, found: Extracted, match: tuple[bool, str]) -> Judgment:
+        correct, how = match
         details: dict[str, Any] = {
             "answer": found.answer,
             "strategy": found.strategy,
-            "gold": gold.answer,
+            "gold": gold,
             "extraction_failed": found.answer is None,
+            "correct": correct,
+            "match": how,
         }
-        if found.answer is None:
-            details.update(correct=False, match="")
-            return Judgment(item.id, self.name, None, details)
-        correct, how = answers_match(gold.answer, found.answer)
-        details.update(correct=correct, match=how)
-        return Judgment(item.id, self.name, 1.0 if correct else 0.0, details)
+        score = None if found.answer is None else 1.0 if correct else 0.0
+        return Judgment(item.id, self.name, score, details)
 
     def summarize(self, judgments: Sequence[Judgment]) -> EvalSummary:
         """Accuracy with its standard error, correct, wrong and extraction failures."""
