@@ -136,7 +136,7 @@ def test_summary_of_nothing() -> None:
 
 @pytest.mark.anyio
 async def test_a_symbolic_comparison_does_not_block_the_event_loop() -> None:
-    r"""While math-verify compares ``\frac{1}{2}`` with ``0.5`` (in a worker process), the loop keeps running."""
+    r"""While math-verify compares ``\frac{1}{2}`` with ``0.5`` (in a worker process), the loop runs on."""
     ticks = 0
     done = anyio.Event()
 
@@ -176,7 +176,7 @@ async def test_the_math_judge_at_concurrency_16_judges_16_items_at_once(
     peak = 0
     all_in = anyio.Event()
 
-    async def compare(gold: str, answer: str, *, timeout: float) -> tuple[bool, str]:
+    async def compare(gold: str, answer: str, *, seconds: float) -> tuple[bool, str]:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)

@@ -446,8 +446,9 @@ BAD_INPUT = [
 def test_bad_input_is_an_openai_error_and_the_server_keeps_serving(
     url: str, body: Any, status: int, message: str
 ) -> None:
-    """Each bad request: the OpenAI error shape, its status, a message naming the problem, a request id;
-    the next request on the same keep-alive connection is answered.
+    """Each bad request: the OpenAI error shape, its status, a message naming it, a request id.
+
+    The next request on the same keep-alive connection is answered.
     """
     kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
     with httpx.Client(timeout=30) as client:

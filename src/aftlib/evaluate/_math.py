@@ -92,18 +92,18 @@ def answers_match(gold: str, answer: str) -> tuple[bool, str]:
     return (True, "symbolic") if _symbolic(gold, answer) else (False, "")
 
 
-async def compare_answers(gold: str, answer: str, *, timeout: float = SYMBOLIC_TIMEOUT) -> tuple[bool, str]:
+async def compare_answers(gold: str, answer: str, *, seconds: float = SYMBOLIC_TIMEOUT) -> tuple[bool, str]:
     """:func:`answers_match` without blocking the event loop, with a timeout that stops the work.
 
     The symbolic comparison runs in a worker process (anyio's process pool), where math-verify's own
-    timeouts work; a comparison still running after ``timeout`` seconds has its worker killed and is
+    timeouts work; a comparison still running after ``seconds`` has its worker killed and is
     not a match (``"timeout"``). Many comparisons run at once, one per worker.
     """
     plain = _plain_match(gold, answer)
     if plain is not None:
         return plain
     _check_math_verify()
-    with anyio.move_on_after(timeout):
+    with anyio.move_on_after(seconds):
         same = await anyio.to_process.run_sync(_symbolic, gold, answer, cancellable=True)
         return (True, "symbolic") if same else (False, "")
     return False, "timeout"
@@ -157,7 +157,7 @@ class MathJudge(Judge):
         gold, found = self._extract(item)
         if found.answer is None:
             return self._verdict(item, gold, found, (False, ""))
-        match = await compare_answers(gold, found.answer, timeout=self.timeout)
+        match = await compare_answers(gold, found.answer, seconds=self.timeout)
         return self._verdict(item, gold, found, match)
 
     def judge_now(self, item: EvalItem) -> Judgment:

@@ -454,7 +454,7 @@ class Sweep:
 
             if engine is not None:
                 raise ConfigError("the math judge uses no engine", path="engine", source=spec.config)
-            kwargs = {}
+            kwargs: dict[str, Any] = {}
             for key in ("extractor", "gold_extractor"):
                 if key in settings:
                     kwargs[key] = AnswerExtractor.preset(str(settings.pop(key)))
