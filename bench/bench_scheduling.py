@@ -37,8 +37,8 @@ import anyio
 from bench_real_engine import MAX_TOKENS, NUM_AGGREGATION, Direct, N, run_batch_sync
 
 from aftlib import Runner, RunStats, presets
-from aftlib._runner import percentiles, summary_path
 from aftlib.engines import VLLMEngine
+from aftlib.run import percentiles, summary_path
 from aftlib.testing import tiny_model_path
 
 Measure = dict[str, Any]

@@ -18,6 +18,7 @@ PACKAGES = (
     "aftlib.evaluate",
     "aftlib.finetune",
     "aftlib.ray",
+    "aftlib.run",
     "aftlib.serve",
     "aftlib.testing",
 )
@@ -87,6 +88,6 @@ def test_every_public_name_of_every_package_reports_a_public_module() -> None:
 
 def test_subpackages_are_attributes_of_aftlib() -> None:
     """aftlib.evaluate and aftlib.serve, like config, finetune, ray and testing, load on first access."""
-    for name in ("config", "evaluate", "finetune", "ray", "serve", "testing"):
+    for name in ("config", "evaluate", "finetune", "ray", "run", "serve", "testing"):
         assert isinstance(getattr(aftlib, name), types.ModuleType)
         assert name in aftlib.__all__

@@ -22,31 +22,37 @@ def _is_type_checking(node: ast.If) -> bool:
     return "TYPE_CHECKING" in ast.unparse(node.test)
 
 
-def _top_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    """Imports that run when the module is imported: module level, outside ``if TYPE_CHECKING:``."""
+def _imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import that can run: module level and inside functions (lazy imports count, so a cycle
+    cannot hide in a function), outside ``if TYPE_CHECKING:`` blocks (which never run)."""
     found: list[ast.Import | ast.ImportFrom] = []
 
-    def visit(body: list[ast.stmt]) -> None:
-        for node in body:
-            if isinstance(node, ast.Import | ast.ImportFrom):
-                found.append(node)
-            elif isinstance(node, ast.If) and not _is_type_checking(node):
-                visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body)
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if _is_type_checking(node):
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
 
-    visit(tree.body)
+        def visit_Import(self, node: ast.Import) -> None:
+            found.append(node)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            found.append(node)
+
+    Visitor().visit(tree)
     return found
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the aftlib modules it imports at import time (a package import counts as its __init__)."""
+    """Module -> the aftlib modules it imports, at import time or lazily (a package import counts as its
+    __init__)."""
     modules = {_module_name(p): p for p in SRC.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in _top_level_imports(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
@@ -97,9 +103,9 @@ def test_the_import_graph_has_no_cycle() -> None:
         ("aftlib.engines", "aftlib._agents"),
         ("aftlib._agents", "aftlib._topology"),
         ("aftlib._topology", "aftlib.config"),
-        ("aftlib._topology", "aftlib._runner"),
+        ("aftlib._topology", "aftlib.run"),
         ("aftlib.config", "aftlib.cli"),
-        ("aftlib._runner", "aftlib.cli"),
+        ("aftlib.run", "aftlib.cli"),
         ("aftlib.engines", "aftlib.testing"),
     ],
 )
@@ -111,6 +117,57 @@ def test_imports_run_one_way(low: str, high: str) -> None:
         name for name in lows if any(t == high or t.startswith(high + ".") for t in _reachable(graph, name))
     )
     assert leaks == [], f"{low} reaches {high} through {leaks}"
+
+
+HEAVY_EXTRAS = {
+    "vllm": {"aftlib.engines._vllm": "the in-process engine, imported when it starts"},
+    "openai": {"aftlib.engines._openai": "the HTTP engine's client, imported when it starts"},
+    "huggingface_hub": {
+        "aftlib.engines._vllm": "finding a hub model in the local cache before vLLM starts",
+        "aftlib.evaluate._alpaca": "the AlpacaEval judge's annotator files",
+    },
+    "alpaca_eval": {"aftlib.evaluate._alpaca": "the AlpacaEval judge, imported when it judges"},
+    "math_verify": {"aftlib.evaluate._math": "symbolic comparison, in the worker process that runs it"},
+    "matplotlib": {"aftlib.evaluate._plots": "a sweep's plots, drawn when asked"},
+    "uvicorn": {"aftlib.serve._server": "the HTTP server of aftlib serve, when it starts"},
+    "ray": {"aftlib._ray": "Ray Data, when a dataset is mapped"},
+    "pyarrow": {"aftlib._ray": "the mapped batches' columns"},
+    "transformers": {
+        "aftlib.finetune._card": "counting a dataset's tokens with the model's tokenizer",
+        "aftlib.testing._tiny": "building the tiny test model",
+        "aftlib.testing._adapter": "building a tiny LoRA adapter",
+    },
+    "torch": {
+        "aftlib.testing._tiny": "building the tiny test model",
+        "aftlib.testing._adapter": "building a tiny LoRA adapter",
+        "aftlib.testing.rebuild": "rebuilding the shipped arithmetic models",
+    },
+    "tokenizers": {"aftlib.testing._tiny": "training the tiny model's tokenizer"},
+    "peft": {"aftlib.testing._adapter": "building a tiny LoRA adapter"},
+}
+"""Each heavy extra, the modules that may import it, and why: only inside functions, never at import time."""
+
+
+def test_heavy_extras_are_imported_only_where_allowed_and_only_lazily() -> None:
+    """A heavy extra (vLLM, torch, openai, ...) is imported only inside functions of its listed modules."""
+    misplaced = []
+    for path in SRC.rglob("*.py"):
+        name = _module_name(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top_level = {id(node) for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)}
+        for node in _imports(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for imported in names:
+                extra = imported.split(".")[0]
+                if extra not in HEAVY_EXTRAS:
+                    continue
+                if name not in HEAVY_EXTRAS[extra]:
+                    misplaced.append(f"{name} imports {extra} (not allowed there)")
+                elif id(node) in top_level:
+                    misplaced.append(f"{name} imports {extra} at import time")
+    assert misplaced == []
 
 
 def test_import_aftlib_loads_no_test_servers_or_heavy_extras() -> None:

@@ -12,7 +12,7 @@ import pytest
 from aftlib import ChatRequest, ConfigError, InputError, Proposer, Runner, Topology, presets
 from aftlib._io import fingerprint
 from aftlib._records import BadLine, InputRecord, read_records
-from aftlib._runner import describe_topology, summary_path
+from aftlib.run import describe_topology, summary_path
 from aftlib.testing import FakeEngine
 
 pytestmark = pytest.mark.anyio

@@ -20,8 +20,8 @@ import pytest
 
 from aftlib import ConfigError, Runner, Shard, merge_shards, presets
 from aftlib._io import exclusive_lock
-from aftlib._runner import percentiles
 from aftlib.cli import main
+from aftlib.run import percentiles
 from aftlib.testing import FakeEngine
 
 FAST = """\

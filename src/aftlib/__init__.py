@@ -44,9 +44,7 @@ from ._results import (
     Result,
     TokenDelta,
 )
-from ._runner import Runner, RunStats, RunSummary
 from ._select import BestOfN, Select
-from ._shards import MergeSummary, Shard, merge_shards
 from ._templates import PromptTemplate
 from ._topology import EarlyExit, Layer, Topology
 from ._trace import TracedRequest, traced_requests
@@ -63,6 +61,7 @@ from ._types import (
 )
 from ._util import publish as _publish
 from ._vote import NoAnswerError, Vote
+from .run import MergeSummary, Runner, RunStats, RunSummary, Shard, merge_shards
 
 __version__ = "0.1.0"
 
@@ -128,6 +127,7 @@ __all__ = (
     "merge_shards",
     "presets",
     "ray",
+    "run",
     "serve",
     "testing",
     "traced_requests",

@@ -27,9 +27,9 @@ import anyio
 from ._accounting import usage_dict
 from ._errors import AftError, ConfigError, MissingExtraError
 from ._records import parse_input_record
-from ._results import Result
 from ._topology import Topology
-from ._types import Message, Usage
+from ._types import Usage
+from .run import answer_record
 
 if TYPE_CHECKING:
     import pyarrow
@@ -219,36 +219,31 @@ class TopologyMapper:
 
     async def _answer(self, row: Mapping[str, Any], index: int) -> dict[str, Any]:
         """One output row's added columns; a failure is an error row, never an exception."""
-        start = time.monotonic()
-        first_token: float | None = None
-
-        def on_answer(event: object) -> None:
-            nonlocal first_token
-            if first_token is None:
-                first_token = time.monotonic() - start
-
-        results: list[Result] = []
         out: dict[str, Any] = {"response": None, "responses": None, "status": "done", "error": None}
         try:
             # a column missing from this row is null in the batch: absent, for recognising the shape
             record = parse_input_record({k: v for k, v in row.items() if v is not None}, line=index + 1)
-            order = next(self._orders)
-            conversation = list(record.conversation)
-            for followup in (None, *record.followups):
-                if followup is not None:
-                    conversation += [Message("assistant", results[-1].text), Message("user", followup)]
-                results.append(await self.topology.run(conversation, on_answer=on_answer, order=order))
-        except AftError as exc:  # a failed record is a row, never a crashed job; a bug propagates
-            out.update(status="error", error=f"{type(exc).__name__}: {exc}")
-        else:
-            out["response"] = results[-1].text
+        except AftError as exc:  # a bad record is a row, never a crashed job
+            usage = usage_dict(Usage())
+            return {
+                **out,
+                "status": "error",
+                "error": f"{type(exc).__name__}: {exc}",
+                "usage": {key: usage[key] for key in _USAGE_KEYS},
+                "timings": {"elapsed": 0.0, "first_token": None},
+            }
+        answered = await answer_record(self.topology, record, order=next(self._orders), clock=time.monotonic)
+        if answered.done:
+            out["response"] = answered.results[-1].text
             if record.followups:
-                out["responses"] = [r.text for r in results]
-        usage = usage_dict(Usage.sum(r.usage for r in results))
+                out["responses"] = [r.text for r in answered.results]
+        else:
+            out.update(status="error", error=answered.error_text)
+        usage = usage_dict(answered.usage)
         out["usage"] = {key: usage[key] for key in _USAGE_KEYS}
         out["timings"] = {
-            "elapsed": round(time.monotonic() - start, 4),
-            "first_token": None if first_token is None else round(first_token, 4),
+            "elapsed": round(answered.elapsed, 4),
+            "first_token": None if answered.first_token is None else round(answered.first_token, 4),
         }
         return out
 

@@ -17,7 +17,7 @@ import anyio
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from .._runner import RunStats
+from ..run import RunStats
 
 __all__ = ("Display",)
 

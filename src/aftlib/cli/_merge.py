@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from .._runner import FORMATS
-from .._shards import MergeSummary, merge_shards
+from ..run import FORMATS, MergeSummary, merge_shards
 from ._common import configure_output, input_option, log_json_option, output_option, verbose_option, verbosity
 
 __all__ = ("merge_command",)

@@ -19,11 +19,10 @@ from .._agents import Agent, Emit
 from .._extract import AnswerExtractor
 from .._io import iter_json, read_yaml
 from .._results import Candidate
-from .._runner import FORMATS, Runner, RunSummary, journal_path, summary_path
-from .._shards import Shard, shard_spec
 from .._topology import Topology
 from .._types import Completion, Message
 from ..engines._base import Engine
+from ..run import FORMATS, Runner, RunSummary, Shard, journal_path, shard_spec, summary_path
 from ._common import (
     Interrupted,
     configure_output,

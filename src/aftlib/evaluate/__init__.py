@@ -30,7 +30,8 @@ from ._evaluation import EvalReport, Evaluation, eval_path, judge_settings
 from ._judge import EvalItem, EvalSummary, Judge, Judgment, mean_and_standard_error
 from ._math import SYMBOLIC_TIMEOUT, MathJudge, answers_match, compare_answers
 from ._mtbench import REFERENCE_CATEGORIES, MTBenchJudge, mt_bench_rating
-from ._report import markdown_table, pareto_front
+from ._pareto import pareto_front
+from ._report import markdown_table
 from ._sweep import CellResult, Sweep, SweepCell, SweepConfig, SweepJudgeConfig, SweepReport, parse_key_path
 
 __all__ = (

@@ -1,9 +1,11 @@
 """Answers files, baselines, questions and references, joined into the items a judge scores.
 
-Answers come in three layouts, recognised by their first record:
+Answers come in the layouts ``aftlib run`` writes, recognised by their first record and read by the
+same codecs that write them (:mod:`aftlib.run`):
 
 - ``aftlib``: ``aftlib run``'s JSONL, ``{"id", "status", "response", "responses"?, ...the input
   record's fields}``; error records (``"status": "error"``) are skipped and counted;
+- ``aft``: the AFT reference layout, the input items with a ``response``;
 - ``alpaca_eval``: AlpacaEval's model outputs, a JSON list of ``{"instruction", "output", "generator"}``;
 - ``model_answer``: FastChat's ``model_answer/<model>.jsonl``, ``{"question_id", "model_id",
   "choices": [{"index": 0, "turns": [...]}]}``.
@@ -30,7 +32,7 @@ from attrs import field, frozen
 
 from .._errors import InputError
 from .._io import iter_json
-from .._records import parse_input_record
+from ..run import ANSWER_LAYOUTS, Answer, codec, layout_of
 from ._judge import EvalItem
 
 __all__ = (
@@ -50,40 +52,12 @@ __all__ = (
     "read_references",
 )
 
-ANSWER_LAYOUTS: tuple[str, ...] = ("aftlib", "alpaca_eval", "model_answer")
-"""The layouts :func:`read_answers` reads."""
-
 PathLike = str | os.PathLike[str]
 _REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 
 
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
-
-
-@frozen
-class Answer:
-    """One record of an answers file.
-
-    Attributes:
-        id: Its id: ``id`` (aftlib), ``question_id`` (FastChat), or the instruction (AlpacaEval).
-        line: Where it is in its file.
-        outputs: The answer of each turn.
-        turns: The user turns it answers, when the file has them (aftlib, AlpacaEval); else empty.
-        generator: The model that wrote it (``generator``, ``model_id``), when the file says.
-        instruction: The AlpacaEval instruction it answers (``instruction``, else its first turn).
-        question: The question's text for a math join (``question``, else its first turn).
-        data: The record as read.
-    """
-
-    id: str
-    line: int
-    outputs: tuple[str, ...] = field(converter=_strings)
-    turns: tuple[str, ...] = field(default=(), converter=_strings)
-    generator: str | None = None
-    instruction: str | None = None
-    question: str | None = None
-    data: Mapping[str, Any] = field(factory=dict, eq=False, repr=False)
 
 
 @frozen
@@ -155,102 +129,16 @@ def _id(value: Any) -> str | None:
     return str(value)
 
 
+def _row(layout: str, value: Mapping[str, Any], line: int) -> Answer:
+    """One row of a layout whose rows are all answers (no error records)."""
+    answer = codec(layout).read(value, line)
+    if answer is None:
+        raise ValueError("an error record, not an answer")
+    return answer
+
+
 def _is_strings(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
-
-
-def _layout_of(value: Mapping[str, Any]) -> str | None:
-    if "choices" in value:
-        return "model_answer"
-    if "status" in value:
-        return "aftlib"
-    if "instruction" in value and "output" in value:
-        return "alpaca_eval"
-    return None
-
-
-def _aftlib_answer(value: Mapping[str, Any], line: int) -> Answer | None:
-    """An aftlib output record, or None for an error record."""
-    status = value.get("status")
-    if status == "error":
-        return None
-    if status != "done":
-        raise ValueError(f'\'status\' must be "done" or "error", got {status!r}')
-    rid = _id(value.get("id"))
-    if rid is None:
-        raise ValueError(f"'id' must be a string or an integer, got {value.get('id')!r}")
-    responses = value.get("responses")
-    if responses is not None:
-        if not _is_strings(responses):
-            raise ValueError("'responses' must be a non-empty list of strings")
-        outputs = tuple(responses)
-    elif isinstance(value.get("response"), str):
-        outputs = (value["response"],)
-    else:
-        raise ValueError("a done record needs a string 'response'")
-    turns: tuple[str, ...] = ()
-    data = {k: v for k, v in value.items() if k not in ("status", "response", "responses", "usage")}
-    try:
-        record = parse_input_record(data, line=line)
-    except InputError:
-        record = None
-    if record is not None:
-        turns = (record.conversation[-1].content, *record.followups)
-    instruction = value.get("instruction")
-    question = value.get("question")
-    generator = value.get("generator")
-    return Answer(
-        rid,
-        line,
-        outputs,
-        turns,
-        generator=generator if isinstance(generator, str) else None,
-        instruction=instruction if isinstance(instruction, str) else (turns[0] if turns else None),
-        question=question if isinstance(question, str) else (turns[0] if turns else None),
-        data=value,
-    )
-
-
-def _alpaca_answer(value: Mapping[str, Any], line: int) -> Answer:
-    instruction, output = value.get("instruction"), value.get("output")
-    if not isinstance(instruction, str):
-        raise ValueError("'instruction' must be a string")
-    if not isinstance(output, str):
-        raise ValueError("'output' must be a string")
-    generator = value.get("generator")
-    return Answer(
-        instruction,
-        line,
-        (output,),
-        (instruction,),
-        generator=generator if isinstance(generator, str) else None,
-        instruction=instruction,
-        question=instruction,
-        data=value,
-    )
-
-
-def _choice_turns(value: Mapping[str, Any]) -> tuple[str, ...]:
-    choices = value.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise ValueError("'choices' must be a non-empty list of objects")
-    turns: Any = choices[0].get("turns")
-    if not _is_strings(turns):
-        raise ValueError("'choices[0].turns' must be a non-empty list of strings")
-    return tuple(str(turn) for turn in turns)
-
-
-def _model_answer(value: Mapping[str, Any], line: int) -> Answer:
-    qid = _id(value.get("question_id"))
-    if qid is None:
-        raise ValueError(f"'question_id' must be a string or an integer, got {value.get('question_id')!r}")
-    model = value.get("model_id")
-    return Answer(
-        qid, line, _choice_turns(value), generator=model if isinstance(model, str) else None, data=value
-    )
-
-
-_READERS = {"aftlib": _aftlib_answer, "alpaca_eval": _alpaca_answer, "model_answer": _model_answer}
 
 
 def _records(path: PathLike, what: str, bad: list[InputError]) -> Iterator[tuple[int, Mapping[str, Any]]]:
@@ -275,7 +163,7 @@ def read_answers(path: PathLike, *, layout: str | None = None) -> AnswersFile:
     Raises:
         InputError: The file cannot be read, or its layout is not one of :data:`ANSWER_LAYOUTS`.
     """
-    if layout is not None and layout not in _READERS:
+    if layout is not None and layout not in ANSWER_LAYOUTS:
         raise InputError(f"unknown answers layout {layout!r}; choose {', '.join(ANSWER_LAYOUTS)}")
     bad: list[InputError] = []
     answers: list[Answer] = []
@@ -284,16 +172,17 @@ def read_answers(path: PathLike, *, layout: str | None = None) -> AnswersFile:
     for line, value in _records(path, "answers", bad):
         where = f"{path}:{line}"
         if layout is None:
-            layout = _layout_of(value)
+            layout = layout_of(value)
             if layout is None:
                 keys = ", ".join(sorted(value)) or "none"
                 raise InputError(
                     "not an answers record: expected aftlib's output (id, status, response), AlpacaEval "
-                    f"(instruction, output) or FastChat model_answer (question_id, choices); it has {keys}",
+                    f"(instruction, output), FastChat model_answer (question_id, choices) or an AFT item "
+                    f"(an input record with a response); it has {keys}",
                     where=where,
                 )
         try:
-            answer = _READERS[layout](value, line)
+            answer = codec(layout).read(value, line)
         except ValueError as exc:
             bad.append(InputError(str(exc), where=where))
             continue
@@ -316,7 +205,7 @@ def read_baseline(path: PathLike) -> tuple[dict[str, str], tuple[InputError, ...
     for line, value in _records(path, "baseline", bad):
         where = f"{path}:{line}"
         try:
-            answer = _alpaca_answer(value, line)
+            answer = _row("alpaca_eval", value, line)
         except ValueError as exc:
             bad.append(InputError(str(exc), where=where))
             continue
@@ -360,7 +249,7 @@ def read_references(path: PathLike) -> tuple[dict[str, tuple[str, ...]], tuple[I
     for line, value in _records(path, "references", bad):
         where = f"{path}:{line}"
         try:
-            answer = _model_answer(value, line)
+            answer = _row("model_answer", value, line)
         except ValueError as exc:
             bad.append(InputError(str(exc), where=where))
             continue

@@ -11,8 +11,6 @@ interrupted) ``OUT.summary.json`` gets the judge's metrics over every judgment i
 from __future__ import annotations
 
 import contextlib
-import json
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +21,12 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from attrs import define, field, frozen
 
 from .._errors import AftError, ConfigError
-from .._io import exclusive_lock, fingerprint, side_path, write_json_atomic
+from .._io import fingerprint, side_path
 from .._logging import get_logger
-from .._runner import RunStats, _key, _resume
 from .._types import Usage
 from .._util import unwrap_group
 from ..engines._base import Engine
+from ..run import Journal, RunStats, record_key
 from ._judge import EvalItem, EvalSummary, Judge, Judgment
 
 __all__ = ("EvalReport", "Evaluation", "eval_path", "judge_settings")
@@ -37,10 +35,6 @@ __all__ = ("EvalReport", "Evaluation", "eval_path", "judge_settings")
 def eval_path(output: Path) -> Path:
     """Where an evaluation records what made its judgments (settings and inputs): ``OUT.eval.json``."""
     return side_path(output, ".eval.json")
-
-
-def _summary_path(output: Path) -> Path:
-    return side_path(output, ".summary.json")
 
 
 def _plain(value: Any, depth: int = 0) -> Any:
@@ -88,10 +82,6 @@ def judge_settings(judge: Judge) -> dict[str, Any]:
         fields.pop("type", None)
         return {"judge": judge.name, **fields, "engines": [engine.name for engine in judge.engines]}
     return {"judge": judge.name}
-
-
-def _iso(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 @frozen
@@ -192,22 +182,26 @@ class Evaluation:
     counts: Mapping[str, int] = field(factory=dict)
     notes: Sequence[str] = ()
     stats: RunStats = field(factory=RunStats, init=False)
-    _claimed: bool = field(default=False, init=False, repr=False)
-    _origin: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    _claimed: Journal | None = field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be at least 1, got {self.concurrency}")
         seen: set[str] = set()
         for item in self.items:
-            if _key(item.id) in seen:
+            if record_key(item.id) in seen:
                 raise ConfigError(f"two items have the id {item.id!r}")
-            seen.add(_key(item.id))
+            seen.add(record_key(item.id))
 
     # --- the output: lock and origin --------------------------------------------------------------
 
-    def _outputs(self) -> tuple[Path, ...]:
-        return (self.output, _summary_path(self.output), eval_path(self.output))
+    def _journal(self) -> Journal:
+        return Journal(
+            self.output,
+            eval_path(self.output),
+            what="judgments file",
+            restart_hint="the judgments and their side files are removed",
+        )
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[None]:
@@ -221,23 +215,6 @@ class Evaluation:
             ConfigError: The output is a folder or its folder is missing, another process holds it,
                 or it holds the judgments of other settings or inputs.
         """
-        output = self.output
-        if output.is_dir():
-            raise ConfigError("the output is a directory, not a file", source=str(output))
-        if not output.parent.is_dir():
-            raise ConfigError(f"the output's folder {output.parent} does not exist", source=str(output))
-        with exclusive_lock(output, what="judgments file"):
-            if self.restart:
-                for path in self._outputs():
-                    path.unlink(missing_ok=True)
-            self._check_origin()
-            self._claimed = True
-            try:
-                yield
-            finally:
-                self._claimed = False
-
-    def _check_origin(self) -> None:
         settings = dict(self.settings if self.settings is not None else judge_settings(self.judge))
         inputs = dict(self.inputs)
         origin = {
@@ -247,31 +224,14 @@ class Evaluation:
             "settings": settings,
             "inputs": inputs,
         }
-        earlier: Any = None
-        path = eval_path(self.output)
-        if path.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                earlier = json.loads(path.read_text(encoding="utf-8"))
-        has_judgments = self.output.is_file() and self.output.stat().st_size > 0
-        if has_judgments and isinstance(earlier, dict):
-            changed = [
-                what
-                for what, key in (
-                    ("judge", "judge"),
-                    ("judge settings", "settings_fingerprint"),
-                    ("inputs", "inputs_fingerprint"),
-                )
-                if earlier.get(key) != origin[key]
-            ]
-            if changed:
-                raise ConfigError(
-                    f"holds the judgments of another evaluation (its {' and '.join(changed)} differ: "
-                    f"{_made_from(earlier)}; this run: {_made_from(origin)}). Rerun with --restart to start "
-                    "over (the judgments and their side files are removed), or write to another output",
-                    source=str(self.output),
-                )
-        created = earlier.get("created") if has_judgments and isinstance(earlier, dict) else None
-        self._origin = {**origin, "created": created or _iso(time.time())}
+        journal = self._journal()
+        compare = ("judge", "settings_fingerprint", "inputs_fingerprint")
+        with journal.claim(origin, compare=compare, refusal=_refusal, restart=self.restart):
+            self._claimed = journal
+            try:
+                yield
+            finally:
+                self._claimed = None
 
     # --- running ----------------------------------------------------------------------------------
 
@@ -287,17 +247,16 @@ class Evaluation:
         through as itself, with its traceback.
         """
         with unwrap_group():
-            if self._claimed:
-                return await self._run()
+            if self._claimed is not None:
+                return await self._run(self._claimed)
             with self.claim():
-                return await self._run()
+                assert self._claimed is not None
+                return await self._run(self._claimed)
 
-    async def _run(self) -> EvalReport:
+    async def _run(self, journal: Journal) -> EvalReport:
         log = get_logger(__name__, output=str(self.output), judge=self.judge.name)
-        done = _resume(self.output)
-        if self._origin is not None:
-            write_json_atomic(eval_path(self.output), self._origin)
-        todo = [item for item in self.items if _key(item.id) not in done]
+        done = await anyio.to_thread.run_sync(journal.resume)
+        todo = [item for item in self.items if record_key(item.id) not in done]
         self.stats = RunStats(total=len(self.items))
         self.stats.resumed = len(self.items) - len(todo)
         if self.on_progress is not None:
@@ -306,15 +265,13 @@ class Evaluation:
         finished = False
         send, receive = anyio.create_memory_object_stream[EvalItem](0)
         try:
-            with open(self.output, "a", encoding="utf-8") as out:  # noqa: ASYNC230 - appends of one line
+            with journal.appender() as append:
 
                 async def worker(items: MemoryObjectReceiveStream[EvalItem]) -> None:
                     async with items:
                         async for item in items:
                             line, tokens = await self._judge(item)
-                            # no await from here on: a judgment is written whole or not at all
-                            out.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
-                            out.flush()
+                            append(line)  # no await: a judgment is written whole or not at all
                             if line["status"] == "done":
                                 self.stats.done += 1
                             else:
@@ -333,7 +290,7 @@ class Evaluation:
             finished = True
         finally:
             report = self.report(interrupted=not finished)
-            write_json_atomic(_summary_path(self.output), report.to_json())
+            journal.write_summary(report.to_json())
             log.info(
                 "evaluation finished" if finished else "evaluation interrupted",
                 judged=report.judged,
@@ -360,21 +317,13 @@ class Evaluation:
 
     def judgments(self) -> list[Judgment]:
         """The judgments in the output for this run's items (earlier runs' included), in item order."""
-        wanted = {_key(item.id): index for index, item in enumerate(self.items)}
+        wanted = {record_key(item.id): index for index, item in enumerate(self.items)}
         found: dict[str, Judgment] = {}
-        if self.output.is_file():
-            with self.output.open(encoding="utf-8") as handle:
-                for text in handle:
-                    try:
-                        value = json.loads(text)
-                    except json.JSONDecodeError:
-                        continue
-                    if not isinstance(value, dict) or value.get("status") != "done" or "id" not in value:
-                        continue
-                    key = _key(value["id"])
-                    if key in wanted and key not in found:
-                        found[key] = _judgment(value)
-        return sorted(found.values(), key=lambda j: wanted[_key(j.id)])
+        for _, value in self._journal().done():
+            key = record_key(value["id"])
+            if key in wanted and key not in found:
+                found[key] = _judgment(value)
+        return sorted(found.values(), key=lambda j: wanted[record_key(j.id)])
 
     def report(self, *, interrupted: bool = False) -> EvalReport:
         """What the evaluation has done so far (also while it runs, or after it was cancelled)."""
@@ -397,6 +346,15 @@ class Evaluation:
             interrupted=interrupted,
             output=self.output,
         )
+
+
+def _refusal(earlier: Mapping[str, Any], origin: Mapping[str, Any], changed: Sequence[str]) -> str:
+    names = {"judge": "judge", "settings_fingerprint": "judge settings", "inputs_fingerprint": "inputs"}
+    differ = " and ".join(names[key] for key in changed)
+    return (
+        f"holds the judgments of another evaluation (its {differ} differ: {_made_from(earlier)}; "
+        f"this run: {_made_from(origin)})"
+    )
 
 
 def _made_from(origin: Mapping[str, Any]) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._errors import MissingExtraError
+from ._pareto import pareto_front, quality_points
 
 if TYPE_CHECKING:
     from ._sweep import CellResult
@@ -29,9 +30,7 @@ def plot_quality(results: Sequence[CellResult], cost: str, stem: Path) -> list[P
     Raises:
         MissingExtraError: matplotlib is not installed (the ``eval`` extra).
     """
-    from ._report import _points, pareto_front
-
-    keep, points = _points(results, cost)
+    keep, points = quality_points(results, cost)
     if not points:
         return []
     try:

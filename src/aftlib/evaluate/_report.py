@@ -4,41 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._io import atomic_write, write_text_atomic
+from ._pareto import pareto_front, quality_points
+from ._plots import plot_quality
 
 if TYPE_CHECKING:
     from ._sweep import CellResult
 
 __all__ = ("markdown_table", "pareto_front", "result_rows", "write_reports")
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """The indices of the points no other point beats: lower cost (first) and higher quality (second).
-
-    A point is on the front when every point at least as cheap is of lower quality; of equal points,
-    the first is kept. Points with a NaN are never on it.
-
-    Returns:
-        The indices on the front, from the cheapest to the dearest.
-
-    Example:
-        >>> pareto_front([(10, 0.5), (20, 0.4), (30, 0.7), (5, 0.1)])
-        [3, 0, 2]
-    """
-    usable = [i for i, (x, y) in enumerate(points) if not (math.isnan(x) or math.isnan(y))]
-    order = sorted(usable, key=lambda i: (points[i][0], -points[i][1], i))
-    front: list[int] = []
-    best = -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
 
 
 def _value(value: Any) -> Any:
@@ -48,18 +25,9 @@ def _value(value: Any) -> Any:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _points(results: Sequence[CellResult], cost: str) -> tuple[list[int], list[tuple[float, float]]]:
-    keep = [
-        i
-        for i, r in enumerate(results)
-        if r.status != "failed" and r.value is not None and getattr(r, cost) is not None
-    ]
-    return keep, [(float(getattr(results[i], cost)), float(results[i].value)) for i in keep]  # type: ignore[arg-type]
-
-
 def front_ids(results: Sequence[CellResult], cost: str = "tokens_per_record") -> list[str]:
     """The ids of the cells on the Pareto front of quality against ``cost`` (a :class:`CellResult` field)."""
-    keep, points = _points(results, cost)
+    keep, points = quality_points(results, cost)
     return [results[keep[i]].cell.id for i in pareto_front(points)]
 
 
@@ -146,7 +114,6 @@ def write_reports(
     md_path = output / "results.md"
     write_text_atomic(md_path, markdown_table(results, axes))
     files["markdown"] = md_path
-    from ._plots import plot_quality
 
     for cost, stem in (("tokens_per_record", "quality_vs_tokens"), ("cost_per_record", "quality_vs_cost")):
         written = plot_quality(results, cost, output / stem)

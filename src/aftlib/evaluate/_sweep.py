@@ -672,7 +672,7 @@ class Sweep:
         notify: Callable[[SweepCell, str], None],
         evaluation: Any,
     ) -> CellResult:
-        from .._runner import Runner
+        from ..run import Runner
 
         answers = _prepare_cell(folder) / "answers.jsonl"
         notify(cell, "running")

@@ -13,11 +13,11 @@ import anyio
 from attrs import frozen
 
 from .._agents import Aggregator, Proposer
-from .._runner import Runner, RunStats
 from .._topology import Layer, Topology
 from .._types import SamplingParams
 from ..engines._fake import FakeEngine, FaultPlan
 from ..engines._retrying import RetryingEngine
+from ..run import Runner, RunStats
 
 __all__ = ("SoakReport", "soak")
 

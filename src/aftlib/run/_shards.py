@@ -22,9 +22,13 @@ from typing import Any
 
 from attrs import field, frozen
 
-from ._errors import ConfigError
-from ._io import atomic_write, exclusive_lock, file_fingerprint, side_path, write_json_atomic
-from ._logging import get_logger
+from .._errors import ConfigError
+from .._io import atomic_write, exclusive_lock, file_fingerprint, side_path, write_json_atomic
+from .._logging import get_logger
+from .._records import BadLine, InputRecord, read_records
+from ._codecs import FORMATS, write_format
+from ._journal import Journal, errors_path, record_key, run_journal, run_path, summary_path, write_bad_lines
+from ._stats import percentiles
 
 __all__ = ("MergeSummary", "Shard", "merge_shards", "shard_spec")
 
@@ -157,14 +161,12 @@ class _Part:
     def name(self) -> str:
         return str(self.path)
 
-    def journal(self) -> Path:
-        from ._runner import journal_path
-
+    def journal(self) -> Journal:
         fmt = self.origin.get("format")
         if isinstance(fmt, str):
-            return journal_path(self.path, fmt)
+            return run_journal(self.path, fmt)
         side = side_path(self.path, ".journal.jsonl")  # an output recorded before formats were
-        return side if side.is_file() else self.path
+        return Journal(self.path, run_path(self.path), side if side.is_file() else self.path)
 
 
 def merge_shards(
@@ -208,9 +210,6 @@ def merge_shards(
             missing, given twice, not a shard or (without ``partial``) not complete; the input is not
             found or changed; or the output cannot be written. Nothing is written then.
     """
-    from ._records import BadLine, InputRecord, read_records
-    from ._runner import FORMATS, _key, percentiles, run_path, summary_path, write_format
-
     if format not in FORMATS:
         raise ConfigError(f"unknown output format {format!r}; choose one of {', '.join(FORMATS)}")
     if not shards:
@@ -226,7 +225,9 @@ def merge_shards(
     count = parts[0].shard.count
     limit = parts[0].origin.get("limit")
     source = _input_file(parts, None if input is None else Path(input))
-    taken = {source.resolve()} | {p.path.resolve() for p in parts} | {p.journal().resolve() for p in parts}
+    taken = (
+        {source.resolve()} | {p.path.resolve() for p in parts} | {p.journal().lines.resolve() for p in parts}
+    )
     if target.resolve() in taken:
         raise ConfigError("the output is the input or one of the shard outputs", source=str(target))
     warn = on_warning or (lambda text: get_logger(__name__).warning(text))
@@ -236,7 +237,7 @@ def merge_shards(
         for part in parts:
             locks.enter_context(_locked(part.path))
         locks.enter_context(exclusive_lock(target, what="output"))
-        journals = [_read_journal(by_index[index].journal(), _key) for index in range(count)]
+        journals = [by_index[index].journal().latest() for index in range(count)]
         lines: list[str] = []
         values: list[dict[str, Any]] = []
         order: list[InputRecord] = []
@@ -249,15 +250,15 @@ def merge_shards(
             if isinstance(limit, int) and position >= limit:
                 break
             covered += 1
-            if isinstance(item, InputRecord) and _key(item.id) in seen:
+            if isinstance(item, InputRecord) and record_key(item.id) in seen:
                 item = BadLine(item.line, f"duplicate id {item.id!r}", json.dumps(item.data))
             if isinstance(item, BadLine):
                 bad.append(item)
                 continue
-            seen.add(_key(item.id))
+            seen.add(record_key(item.id))
             index = position % count
             expected[index] += 1
-            found = journals[index].get(_key(item.id))
+            found = journals[index].get(record_key(item.id))
             if found is None:
                 missing[index] += 1
                 continue
@@ -265,7 +266,7 @@ def merge_shards(
             lines.append(text)
             values.append(value)
             if value.get("status") == "done":
-                answers[_key(item.id)] = value
+                answers[record_key(item.id)] = value
                 order.append(item)
         if missing:
             holes = "; ".join(
@@ -285,14 +286,7 @@ def merge_shards(
         else:
             name = generator or parts[0].origin.get("generator") or "aftlib"
             write_format(target, format, order, answers, str(name))
-        errors = side_path(target, ".errors.jsonl")
-        if bad:
-            with atomic_write(errors) as handle:
-                for entry in bad:
-                    row = {"file": str(source), "line": entry.line, "error": entry.error, "text": entry.text}
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        else:
-            errors.unlink(missing_ok=True)
+        errors = write_bad_lines(errors_path(target), source, bad)
         done = sum(1 for value in values if value.get("status") == "done")
         report = {
             "input": str(source),
@@ -311,7 +305,7 @@ def merge_shards(
                 "missing": sum(missing.values()),
             },
             "usage": _sum_usage(value.get("usage") for value in values),
-            "latency": _latency(values, percentiles),
+            "latency": _latency(values),
         }
         summary = summary_path(target)
         write_json_atomic(summary, report)
@@ -324,7 +318,7 @@ def merge_shards(
         shards=len(parts),
         output=target,
         summary=summary,
-        errors=errors if bad else None,
+        errors=errors,
         report=report,
     )
 
@@ -473,26 +467,6 @@ def _input_file(parts: Sequence[_Part], given: Path | None) -> Path:
     return path
 
 
-def _read_journal(path: Path, key: Callable[[Any], str]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Each record's last whole line in a shard's journal, by id (a torn last line is left out)."""
-    lines: dict[str, tuple[str, dict[str, Any]]] = {}
-    if not path.is_file():
-        return lines
-    with path.open(encoding="utf-8") as handle:
-        for text in handle:
-            try:
-                value = json.loads(text)
-                rid = key(value["id"])
-            except (ValueError, TypeError, KeyError):
-                continue
-            if not text.endswith("\n") or not isinstance(value, dict):
-                continue
-            earlier = lines.get(rid)
-            if earlier is None or earlier[1].get("status") != "done":  # a done line wins over an error
-                lines[rid] = (text, value)
-    return lines
-
-
 def _sum_usage(usages: Iterable[Any]) -> dict[str, Any]:
     total: dict[str, Any] = dict.fromkeys(
         ("prompt_tokens", "completion_tokens", "cached_tokens", "requests", "reused_tokens"), 0
@@ -513,7 +487,7 @@ def _sum_usage(usages: Iterable[Any]) -> dict[str, Any]:
     return total
 
 
-def _latency(values: Sequence[dict[str, Any]], percentiles: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+def _latency(values: Sequence[dict[str, Any]]) -> dict[str, Any]:
     answer: list[float] = []
     first: list[float] = []
     for value in values:
