@@ -23,8 +23,10 @@ def _is_type_checking(node: ast.If) -> bool:
 
 
 def _imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
-    """Every import that can run: module level and inside functions (lazy imports count, so a cycle
-    cannot hide in a function), outside ``if TYPE_CHECKING:`` blocks (which never run)."""
+    """Every import that can run, at module level or inside a function, outside ``if TYPE_CHECKING:``.
+
+    Lazy imports count, so a cycle cannot hide in a function.
+    """
     found: list[ast.Import | ast.ImportFrom] = []
 
     class Visitor(ast.NodeVisitor):
@@ -46,8 +48,10 @@ def _imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
 
 
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the aftlib modules it imports, at import time or lazily (a package import counts as its
-    __init__)."""
+    """Module -> the aftlib modules it imports, at import time or lazily.
+
+    A package import counts as its ``__init__``.
+    """
     modules = {_module_name(p): p for p in SRC.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
