@@ -261,3 +261,31 @@ def test_the_sweep_command_on_a_topology_file_with_the_math_judge(
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     assert main(["sweep", str(tmp_path / "bad.yaml"), "--output", str(tmp_path / "out2")]) == 2
     assert "axes.agents.draft.sampling.nn" in capsys.readouterr().err
+
+
+def test_one_judge_file_builds_the_same_judge_under_eval_and_sweep(tmp_path: Path) -> None:
+    """A math judge file with an extractor mapping is accepted by eval's and sweep's builder alike.
+
+    Both give the same settings (so the same fingerprint); a bad key in it is the same error, naming the
+    same key, under both.
+    """
+    from aftlib.evaluate import judge_from_config
+
+    judge_file = tmp_path / "judge.yaml"
+    judge_file.write_text(yaml.safe_dump({"extractor": {"strategies": ["last_number"]}}))
+    path = _write(tmp_path, GRID, judge={"type": "math", "config": "judge.yaml", "references": "gold.jsonl"})
+    judge, engine, settings = Sweep.load(path).build_judge()
+    setup = judge_from_config("math", judge_file)
+    assert judge.describe() == setup.judge.describe()
+    assert engine is None
+    assert setup.engine is None
+    assert settings == setup.settings
+    assert settings["judge"]["extractor"]["strategies"] == ["last_number"]
+
+    judge_file.write_text(yaml.safe_dump({"extractor": {"strategy": ["last_number"]}}))
+    with pytest.raises(ConfigError) as from_sweep:
+        Sweep.load(path).build_judge()
+    with pytest.raises(ConfigError) as from_eval:
+        judge_from_config("math", judge_file)
+    assert str(from_sweep.value) == str(from_eval.value)
+    assert from_eval.value.path == "extractor.strategy"

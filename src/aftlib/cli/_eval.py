@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import click
 
-from .._errors import ConfigError, InputError
-from .._io import file_fingerprint, read_yaml
+from .._errors import ConfigError
 from ._common import (
     Interrupted,
     check_output,
@@ -82,139 +81,6 @@ def eval_command(ctx: click.Context, /, log_json: bool, **options: Any) -> int:
     return _execute(**options)
 
 
-def _read_config(path: Path | None) -> tuple[dict[str, Any], Any]:
-    """The config's judge settings and its engine spec (None without one)."""
-    if path is None:
-        return {}, None
-    data = read_yaml(path, "the eval config")
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"the eval config is a mapping, got {type(data).__name__}", source=str(path))
-    settings = {str(k): v for k, v in data.items() if k != "engine"}
-    spec: Any = None
-    if "engine" in data:
-        from ..config import EngineSpec
-        from ..config._converter import structure
-
-        spec = structure(data["engine"], EngineSpec, source=str(path), path="engine")  # type: ignore[arg-type,unused-ignore]
-    return settings, spec
-
-
-def _extractor(value: Any, key: str, source: str | None) -> Any:
-    from ..config._converter import at
-    from ..evaluate import AnswerExtractor
-
-    with at(key, source=source):
-        if isinstance(value, str):
-            return AnswerExtractor.preset(value)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"an extractor is a preset name or a mapping, got {type(value).__name__}")
-        known = ("strategies", "pattern", "normalize", "preset")
-        for name in value:
-            if name not in known:
-                from ..config._converter import unknown_key
-
-                raise ConfigError(unknown_key(str(name), list(known)), path=str(name))
-        if "preset" in value:
-            return AnswerExtractor.preset(str(value["preset"]))
-        strategies = value.get("strategies", ("####", "the answer is", "boxed", "last_number"))
-        if not isinstance(strategies, str | list):
-            raise ConfigError("strategies is a list of strategy names", path="strategies")
-        return AnswerExtractor(
-            strategies=strategies, pattern=value.get("pattern"), normalize=bool(value.get("normalize", True))
-        )
-
-
-def _math_judge(settings: dict[str, Any], source: str | None) -> Any:
-    from ..config._converter import unknown_key
-    from ..evaluate import MathJudge
-
-    known = ["extractor", "gold_extractor"]
-    for key in settings:
-        if key not in known:
-            raise ConfigError(unknown_key(key, known), path=key, source=source)
-    return MathJudge(**{key: _extractor(value, key, source) for key, value in settings.items()})
-
-
-def _engine_judge(
-    name: str, settings: dict[str, Any], engine: Any, source: str | None, **defaults: Any
-) -> Any:
-    """The AlpacaEval or MT-Bench judge (imported only when used) with the config's settings."""
-    import attrs
-
-    from ..config._converter import at, unknown_key
-
-    if name == "alpaca_eval":
-        from ..evaluate._alpaca import AlpacaEvalJudge
-
-        cls: Any = AlpacaEvalJudge
-    else:
-        from ..evaluate._mtbench import MTBenchJudge
-
-        cls = MTBenchJudge
-    known = [a.name for a in attrs.fields(cls) if a.init and a.name != "engine"]
-    for key in settings:
-        if key not in known:
-            raise ConfigError(unknown_key(key, known), path=key, source=source)
-    with at(None, source=source):
-        try:
-            return cls(engine, **{**defaults, **settings})
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"a setting of the {name} judge is invalid: {exc}") from None
-
-
-def _bad(errors: tuple[InputError, ...], display: Display) -> list[str]:
-    for error in errors:
-        display.bad_line(error)
-    return [f"{len(errors)} bad line(s) skipped"] if errors else []
-
-
-def _join(
-    judge_name: str, answers_path: Path, options: dict[str, Any], display: Display
-) -> tuple[Any, list[str], dict[str, Any], dict[str, Any]]:
-    """The items (joined), the notes, the input fingerprints, and defaults for the judge."""
-    from .. import evaluate as ev
-
-    answers = ev.read_answers(answers_path)
-    notes = _bad(answers.bad, display)
-    if answers.errors:
-        notes.append(f"{answers.errors} error record(s) in {answers_path} skipped")
-    inputs: dict[str, Any] = {"answers": file_fingerprint(answers_path)}
-    defaults: dict[str, Any] = {}
-    baseline, questions, references = options["baseline"], options["questions"], options["references"]
-    if judge_name == "alpaca_eval":
-        if baseline is None:
-            raise click.UsageError("the alpaca_eval judge needs --baseline FILE (AlpacaEval outputs)")
-        outputs, bad = ev.read_baseline(baseline)
-        notes += _bad(bad, display)
-        inputs["baseline"] = file_fingerprint(baseline)
-        joined = ev.join_alpaca_eval(answers, outputs)
-        defaults["instructions"] = tuple(outputs)  # the baseline's order, for the length-controlled rate
-    elif judge_name == "mt_bench":
-        found = None
-        refs = None
-        if questions is not None:
-            found, bad = ev.read_questions(questions)
-            notes += _bad(bad, display)
-            inputs["questions"] = file_fingerprint(questions)
-        if references is not None:
-            refs, bad = ev.read_references(references)
-            notes += _bad(bad, display)
-            inputs["references"] = file_fingerprint(references)
-        joined = ev.join_mt_bench(answers, found, refs)
-    else:
-        gold = None
-        if references is not None:
-            gold = ev.read_gold(references)
-            notes += _bad(gold.bad, display)
-            inputs["references"] = file_fingerprint(references)
-        joined = ev.join_math(answers, gold)
-    return joined, notes, inputs, defaults
-
-
 def _execute(
     *,
     judge_name: str,
@@ -239,39 +105,32 @@ def _execute(
     if output.resolve() == answers.resolve():
         raise ConfigError("the output file is the answers file")
     check_output(output)
-    source = None if config is None else str(config)
-    settings, spec = _read_config(config)
-    if judge_name == "math" and spec is not None:
-        raise ConfigError("the math judge uses no engine; remove 'engine'", path="engine", source=source)
-    if judge_name != "math" and spec is None:
-        raise ConfigError(
-            f"the {judge_name} judge needs a judge engine: give --config FILE with "
-            "engine: {type: openai|vllm, ...}"
-        )
-    engine: Any = None if spec is None else spec.build("judge")
-    if judge_name == "alpaca_eval":
-        engine.check_logprobs("the AlpacaEval judge")  # before any file is read
-    judge = _math_judge(settings, source) if judge_name == "math" else None
-    display = Display()
-    files = {"baseline": baseline, "questions": questions, "references": references}
-    joined, notes, inputs, defaults = _join(judge_name, answers, files, display)
-    if judge is None:
-        judge = _engine_judge(judge_name, settings, engine, source, **defaults)
-    items = joined.items if limit is None else joined.items[:limit]
-    from ..evaluate import judge_settings
+    from ..evaluate import join_answers, judge_from_config, read_judge_config
 
-    judge_config = {"judge": judge_settings(judge), "config": settings, "engine": _describe_spec(spec)}
+    read_judge_config(config)  # a bad config is refused before any answers file is read
+    display = Display()
+    joined = join_answers(
+        judge_name,
+        answers,
+        baseline=baseline,
+        questions=questions,
+        references=references,
+        on_bad=display.bad_line,
+    )
+    setup = judge_from_config(judge_name, config, instructions=joined.instructions)
+    engine = setup.engine
+    items = joined.items if limit is None else joined.items[:limit]
     evaluation = Evaluation(
-        judge,
+        setup.judge,
         items,
         output,
         concurrency=concurrency,
         on_progress=display.update,
         restart=restart,
-        settings=judge_config,
-        inputs=inputs,
-        counts=joined.counts(),
-        notes=[*joined.notes, *notes],
+        settings=setup.settings,
+        inputs=joined.inputs,
+        counts=joined.counts,
+        notes=joined.notes,
     )
     hint = f"rerun to resume from {output}"
     started: dict[str, float] = {}
@@ -303,14 +162,6 @@ def _execute(
             raise
     click.echo(render_report(report))
     return 0 if report.ok else 1
-
-
-def _describe_spec(spec: Any) -> Any:
-    if spec is None:
-        return None
-    import attrs
-
-    return attrs.asdict(spec)
 
 
 def _value(value: Any) -> str:

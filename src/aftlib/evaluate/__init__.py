@@ -27,6 +27,7 @@ from ._answers import (
     read_references,
 )
 from ._evaluation import EvalReport, Evaluation, eval_path, judge_settings
+from ._factory import JUDGES, JoinedAnswers, JudgeSetup, join_answers, judge_from_config, read_judge_config
 from ._judge import EvalItem, EvalSummary, Judge, Judgment, mean_and_standard_error
 from ._math import SYMBOLIC_TIMEOUT, MathJudge, answers_match, compare_answers
 from ._mtbench import REFERENCE_CATEGORIES, MTBenchJudge, mt_bench_rating
@@ -35,6 +36,12 @@ from ._report import markdown_table
 from ._sweep import CellResult, Sweep, SweepCell, SweepConfig, SweepJudgeConfig, SweepReport, parse_key_path
 
 __all__ = (
+    "JUDGES",
+    "JoinedAnswers",
+    "JudgeSetup",
+    "join_answers",
+    "judge_from_config",
+    "read_judge_config",
     "SYMBOLIC_TIMEOUT",
     "EvalItem",
     "EvalSummary",

@@ -33,11 +33,15 @@ from .._io import file_fingerprint, fingerprint, read_yaml, write_json_atomic
 from .._logging import get_logger
 from .._topology import Topology
 from ..config._converter import at, config_class, structure
-from ..config._engines import EngineHook, EngineSpec
+from ..config._engines import EngineHook
 from ..engines._base import Engine
 from ..engines._cache import CachingEngine
 from ..engines._pool import EnginePool
+from ._answers import read_baseline
+from ._evaluation import Evaluation, judge_settings
+from ._factory import JUDGES, join_answers, judge_from_config
 from ._judge import EvalItem, EvalSummary, Judge, Judgment, mean_and_standard_error
+from ._report import write_reports
 
 __all__ = (
     "CellResult",
@@ -49,7 +53,6 @@ __all__ = (
     "parse_key_path",
 )
 
-JUDGES = ("math", "alpaca_eval", "mt_bench")
 METRICS = {"math": "accuracy", "alpaca_eval": "win_rate", "mt_bench": "average"}
 """The metric a sweep reports for each judge (its ``standard_error`` beside it)."""
 
@@ -424,75 +427,39 @@ class Sweep:
     def build_judge(self) -> tuple[Judge, Engine | None, dict[str, Any]]:
         """The judge, its engine (not started) if it has one, and its settings for fingerprints.
 
+        Built by :func:`~aftlib.evaluate.judge_from_config`, as ``aftlib eval`` builds it.
+
         Raises:
             ConfigError: An unknown judge type, a missing input or engine, or a bad judge setting.
         """
         spec = self.config.judge
         where = str(self.source)
         if self.judge is not None:
-            return self.judge, None, _settings(self.judge)
+            return self.judge, None, {"judge": judge_settings(self.judge), "engine": None}
         if spec.type not in JUDGES:
             raise ConfigError(
                 f"unknown judge type {spec.type!r}; choose {', '.join(JUDGES)}",
                 path="judge.type",
                 source=where,
             )
-        settings: dict[str, Any] = {}
-        engine: Engine | None = None
-        if spec.config is not None:
-            path = self.folder / spec.config
-            data = read_yaml(path, "the judge config") or {}
-            if not isinstance(data, Mapping):
-                raise ConfigError("the judge config is a mapping", source=str(path))
-            settings = {str(k): v for k, v in data.items() if k != "engine"}
-            if "engine" in data:
-                engine_spec: Any = structure(data["engine"], EngineSpec, source=str(path), path="engine")  # type: ignore[arg-type]
-                engine = engine_spec.build("judge")
-        if spec.type == "math":
-            from .._extract import AnswerExtractor
-            from ._math import MathJudge
-
-            if engine is not None:
-                raise ConfigError("the math judge uses no engine", path="engine", source=spec.config)
-            kwargs: dict[str, Any] = {}
-            for key in ("extractor", "gold_extractor"):
-                if key in settings:
-                    kwargs[key] = AnswerExtractor.preset(str(settings.pop(key)))
-            if settings:
-                raise ConfigError(
-                    f"not a setting of the math judge: {', '.join(settings)}", source=spec.config
-                )
-            judge: Judge = MathJudge(**kwargs)
-            return judge, None, _settings(judge)
-        if engine is None:
+        if spec.type != "math" and spec.config is None:
             raise ConfigError(
                 f"the {spec.type} judge needs a judge engine: give judge.config, a file with "
                 "engine: {type: ...}",
                 path="judge.config",
                 source=where,
             )
-        try:
-            if spec.type == "alpaca_eval":
-                from ._alpaca import AlpacaEvalJudge
-
-                if spec.baseline is None:
-                    raise ConfigError(
-                        "the alpaca_eval judge needs judge.baseline", path="judge.baseline", source=where
-                    )
-                engine.check_logprobs("the AlpacaEval judge")
-                if "instructions" not in settings:  # the baseline's order, for the length-controlled rate
-                    from ._answers import read_baseline
-
-                    outputs, _ = read_baseline(self.folder / spec.baseline)
-                    settings = {**settings, "instructions": tuple(outputs)}
-                judge = AlpacaEvalJudge(engine, **settings)
-            else:
-                from ._mtbench import MTBenchJudge
-
-                judge = MTBenchJudge(engine, **settings)
-        except TypeError as exc:
-            raise ConfigError(f"not a setting of the {spec.type} judge: {exc}", source=spec.config) from None
-        return judge, engine, {**_settings(judge), "engine": engine_identity_of(engine)}
+        instructions: tuple[str, ...] = ()
+        if spec.type == "alpaca_eval":
+            if spec.baseline is None:
+                raise ConfigError(
+                    "the alpaca_eval judge needs judge.baseline", path="judge.baseline", source=where
+                )
+            outputs, _ = read_baseline(self.folder / spec.baseline)
+            instructions = tuple(outputs)  # the baseline's order, for the length-controlled rate
+        config = None if spec.config is None else self.folder / spec.config
+        setup = judge_from_config(spec.type, config, instructions=instructions)
+        return setup.judge, setup.engine, setup.settings
 
     def items(self, answers: Path) -> tuple[list[EvalItem], dict[str, Any], list[str]]:
         """The judge's items for one cell's answers: joined as ``aftlib eval`` joins them.
@@ -500,40 +467,15 @@ class Sweep:
         Returns:
             The items, the join's counts, and notes.
         """
-        from ._answers import (
-            join_alpaca_eval,
-            join_math,
-            join_mt_bench,
-            read_answers,
-            read_baseline,
-            read_gold,
-            read_questions,
-            read_references,
-        )
-
         spec = self.config.judge
-        kind = self.judge.name if self.judge is not None else spec.type
-        found = read_answers(answers)
-        notes = [str(e) for e in found.bad]
-        references = _resolve(self.folder, spec.references)
-        if kind == "alpaca_eval":
-            baseline = _resolve(self.folder, spec.baseline)
-            assert baseline is not None
-            outputs, _ = read_baseline(baseline)
-            joined = join_alpaca_eval(found, outputs)
-        elif kind == "mt_bench":
-            questions = _resolve(self.folder, spec.questions)
-            asked = None if questions is None else read_questions(questions)[0]
-            refs = None if references is None else read_references(references)[0]
-            joined = join_mt_bench(found, asked, refs)
-        elif kind == "math" or references is not None:
-            joined = join_math(found, None if references is None else read_gold(references))
-        else:  # a judge of your own: each answer with its turns
-            items = [
-                EvalItem(a.id, a.turns, a.outputs, generator=a.generator, data=a.data) for a in found.answers
-            ]
-            return items, {"matched": len(items), "missing": 0, "extra": 0}, notes
-        return list(joined.items), joined.counts(), [*notes, *joined.notes]
+        joined = join_answers(
+            self.judge.name if self.judge is not None else spec.type,
+            answers,
+            baseline=_resolve(self.folder, spec.baseline),
+            questions=_resolve(self.folder, spec.questions),
+            references=_resolve(self.folder, spec.references),
+        )
+        return list(joined.items), joined.counts, list(joined.notes)
 
     def _inputs(self) -> dict[str, Any]:
         spec = self.config.judge
@@ -564,8 +506,6 @@ class Sweep:
         Raises:
             ConfigError: The judge, its inputs or the price table are wrong (no cell ran).
         """
-        from ._evaluation import Evaluation
-
         out = Path(output)
         cells_dir = _prepare(out, restart)
         cache = out / "cache"
@@ -616,7 +556,6 @@ class Sweep:
                     )
         after = _counts(engines)
         ordered = tuple(results[cell.id] for cell in self.cells)
-        from ._report import write_reports
 
         files, pareto = write_reports(ordered, self.columns, out)
         report = SweepReport(
@@ -743,19 +682,6 @@ def _prepare(out: Path, restart: bool) -> Path:
 def _prepare_cell(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def engine_identity_of(engine: Engine) -> dict[str, Any]:
-    """The judge engine's identity, for the judge settings' fingerprint."""
-    from ..engines._cache import engine_identity
-
-    return engine_identity(engine)
-
-
-def _settings(judge: Judge) -> dict[str, Any]:
-    from ._evaluation import judge_settings
-
-    return judge_settings(judge)
 
 
 def _check_axis(
