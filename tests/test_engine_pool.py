@@ -121,3 +121,22 @@ async def test_an_engine_entered_from_two_tasks_at_once_starts_once_and_closes_o
         release.set()
     assert calls == ["start", "in", "in", "close"]
     assert engine._entered == 0
+
+
+def test_wrappers_and_replicas_forward_the_model_and_their_leaves() -> None:
+    """Engine.model and Engine.leaves() go through wrappers and replicas.
+
+    Pricing, cache keys and the GPU split see the same engines and the same model.
+    """
+    from aftlib import Price, PriceTable
+    from aftlib.engines import OpenAIEngine
+    from aftlib.engines._cache import engine_identity
+
+    a, b = OpenAIEngine("served", "http://a.test/v1"), OpenAIEngine("served", "http://b.test/v1")
+    stack = RetryingEngine(Replicas([LimitedEngine(a, max_in_flight=2), b]), name="mine")
+    assert stack.model == "served"
+    assert stack.leaves() == (a, b)
+    assert engine_identity(stack) == engine_identity(a) == {"class": "OpenAIEngine", "model": "served"}
+    assert PriceTable({"served": Price(1.0, 2.0)}).find(stack) == Price(1.0, 2.0)
+    assert FakeEngine(name="f").model is None
+    assert FakeEngine(name="f").leaves()[0].name == "f"

@@ -121,15 +121,7 @@ class PriceTable:
 
 def _model_names(engine: Engine) -> list[str]:
     """The names to look a price up by: the engine's, then the model it serves (under wrappers, replicas)."""
-    names = [engine.name]
-    inner: Any = engine
-    while inner is not None:
-        model = getattr(inner, "model", None)
-        if isinstance(model, str):
-            names.append(model)
-        replicas = getattr(inner, "replicas", None)
-        inner = getattr(inner, "inner", None) or (replicas[0] if replicas else None)
-    return names
+    return [engine.name] if engine.model is None else [engine.name, engine.model]
 
 
 def usage_dict(usage: Usage, cost: float | None = None) -> dict[str, Any]:

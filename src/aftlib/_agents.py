@@ -109,17 +109,6 @@ class Agent(abc.ABC):
         """
 
 
-def _engine_model(engine: Engine) -> str | None:
-    inner: Any = engine
-    while inner is not None:
-        model = getattr(inner, "model", None)
-        if isinstance(model, str):
-            return model
-        replicas = getattr(inner, "replicas", None)
-        inner = getattr(inner, "inner", None) or (replicas[0] if replicas else None)
-    return None
-
-
 @define(eq=False)
 class ModelAgent(Agent):
     """An engine, a template and sampling parameters: an agent whose candidates a model writes.
@@ -157,7 +146,7 @@ class ModelAgent(Agent):
         return {
             **super().describe(),
             "engine": self.engine.name,
-            "model": _engine_model(self.engine),
+            "model": self.engine.model,
             "template": self.template.name,
             "sampling": attrs.asdict(self.sampling),
             "lora": self.lora,

@@ -62,6 +62,19 @@ class Engine(anyio.abc.AsyncResource):
         yield completion
 
     @property
+    def model(self) -> str | None:
+        """The model this engine serves (a path or a served name), or None when it serves none.
+
+        Wrappers and :class:`~aftlib.engines.Replicas` give the model of the engines they wrap, so
+        pricing, cache keys, fingerprints and the GPU split agree on an engine's identity.
+        """
+        return None
+
+    def leaves(self) -> tuple[Engine, ...]:
+        """The engines that do the work: this one, or those under a wrapper or a set of replicas."""
+        return (self,)
+
+    @property
     def supports_n(self) -> bool:
         """True when one call to the model can ask for ``n`` samples.
 

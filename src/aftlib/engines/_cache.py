@@ -62,19 +62,8 @@ def engine_identity(engine: Engine, lora: str | None = None) -> dict[str, Any]:
     that change outputs (``dtype``, ``quantization``, ``seed``, ...), and the LoRA adapter's name and
     folder.
     """
-    inner: Any = engine
-    while True:
-        if isinstance(inner, WrapperEngine):
-            inner = inner.inner
-        elif getattr(inner, "replicas", None):
-            inner = inner.replicas[0]  # replicas serve one model
-        else:
-            break
-    model = getattr(inner, "model", None)
-    identity: dict[str, Any] = {
-        "class": type(inner).__name__,
-        "model": model if isinstance(model, str) else inner.name,
-    }
+    inner: Any = engine.leaves()[0]  # replicas serve one model
+    identity: dict[str, Any] = {"class": type(inner).__name__, "model": engine.model or inner.name}
     args = getattr(inner, "engine_args", None)
     if isinstance(args, Mapping):
         identity["engine_args"] = {k: args[k] for k in _OUTPUT_ARGS if k in args}

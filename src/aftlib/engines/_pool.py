@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
 
@@ -10,8 +10,6 @@ from attrs import define, field
 
 from .._errors import ConfigError
 from ._base import Engine
-from ._replicas import Replicas
-from ._wrapper import WrapperEngine
 
 __all__ = ("GPU_SHARE", "EnginePool", "split_gpu_memory")
 
@@ -24,17 +22,6 @@ def _distinct(engines: Iterable[Engine]) -> tuple[Engine, ...]:
     for engine in engines:
         seen.setdefault(id(engine), engine)
     return tuple(seen.values())
-
-
-def _leaves(engine: Engine) -> Iterator[Engine]:
-    """The engines that do the work under wrappers and replicas."""
-    if isinstance(engine, WrapperEngine):
-        yield from _leaves(engine.inner)
-    elif isinstance(engine, Replicas):
-        for replica in engine.replicas:
-            yield from _leaves(replica)
-    else:
-        yield engine
 
 
 def split_gpu_memory(engines: Iterable[Engine]) -> dict[str, float]:
@@ -54,7 +41,7 @@ def split_gpu_memory(engines: Iterable[Engine]) -> dict[str, float]:
 
     vllm = [
         e
-        for e in _distinct(leaf for engine in engines for leaf in _leaves(engine))
+        for e in _distinct(leaf for engine in engines for leaf in engine.leaves())
         if isinstance(e, VLLMEngine)
     ]
     if len(vllm) < 2:

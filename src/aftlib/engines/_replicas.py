@@ -100,6 +100,15 @@ class Replicas(Engine):
         return all(r.supports_priority for r in self.replicas)
 
     @property
+    def model(self) -> str | None:
+        """The model the replicas serve (the first one's; they serve one model)."""
+        return self.replicas[0].model
+
+    def leaves(self) -> tuple[Engine, ...]:
+        """Every replica's leaves."""
+        return tuple(leaf for replica in self.replicas for leaf in replica.leaves())
+
+    @property
     def capacity(self) -> int | None:
         """The replicas' batch sizes added up, or None when one of them is unknown."""
         sizes = [r.capacity for r in self.replicas]

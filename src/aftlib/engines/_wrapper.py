@@ -41,6 +41,15 @@ class WrapperEngine(Engine):
         return self.inner.stream(request)
 
     @property
+    def model(self) -> str | None:
+        """The inner engine's model."""
+        return self.inner.model
+
+    def leaves(self) -> tuple[Engine, ...]:
+        """The inner engine's leaves."""
+        return self.inner.leaves()
+
+    @property
     def supports_n(self) -> bool:
         """Whether the inner engine takes ``n`` samples in one request."""
         return self.inner.supports_n
@@ -93,11 +102,3 @@ class WrapperEngine(Engine):
     async def aclose(self) -> None:
         """Leave the inner engine."""
         await self.inner.__aexit__(None, None, None)
-
-    @property
-    def innermost(self) -> Engine:
-        """The engine at the bottom of a stack of wrappers."""
-        engine: Engine = self.inner
-        while isinstance(engine, WrapperEngine):
-            engine = engine.inner
-        return engine

@@ -140,7 +140,7 @@ def _agent_settings(agent: Any) -> dict[str, Any]:
         "agent": type(agent).__name__,
         "name": agent.name,
         "engine": engine.name,
-        "model": getattr(engine, "model", None),
+        "model": engine.model,
         "template": agent.template.name,
         "sampling": attrs.asdict(agent.sampling),
         "lora": agent.lora,
@@ -383,7 +383,7 @@ def drafting_settings(
     """What makes the on-policy drafts, for the draft cache and the data card."""
     return {
         "engine": engine.name,
-        "model": getattr(engine, "model", None),
+        "model": engine.model,
         "template": icl.name,
         "lora": lora,
         "k": k,
