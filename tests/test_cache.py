@@ -38,7 +38,7 @@ def _counter() -> FakeEngine:
 async def test_same_request_twice_makes_one_engine_call(tmp_path: Path) -> None:
     """The second identical request is served from the cache: the engine sees one request, same texts."""
     fake = _counter()
-    engine = CachingEngine(fake, tmp_path / "cache")
+    engine = CachingEngine(fake, tmp_path / "cache", reuse_unseeded=True)
     async with engine:
         first = await engine.generate(_request(2))
         second = await engine.generate(_request(2))
@@ -53,7 +53,7 @@ async def test_same_request_twice_makes_one_engine_call(tmp_path: Path) -> None:
 async def test_more_samples_later_asks_only_for_the_missing_ones(tmp_path: Path) -> None:
     """n=3 then n=5: the second request sends n=2, and the first three samples are the stored ones."""
     fake = _counter()
-    engine = CachingEngine(fake, tmp_path / "cache")
+    engine = CachingEngine(fake, tmp_path / "cache", reuse_unseeded=True)
     first = await engine.generate(_request(3))
     second = await engine.generate(_request(5))
     assert [r.sampling.n for r in fake.requests] == [3, 2]
@@ -100,12 +100,16 @@ async def test_different_sampling_messages_or_engine_miss(tmp_path: Path) -> Non
 
 
 async def test_unseeded_requests_are_not_reused_across_runs_unless_asked(tmp_path: Path) -> None:
-    """With reuse_unseeded=False only seeded requests are served from an earlier run's cache."""
+    """By default, as with aftlib run --cache, only seeded requests come from an earlier run's cache.
+
+    reuse_unseeded=True (a sweep's common random numbers) serves unseeded ones from it too.
+    """
     first = CachingEngine(_counter(), tmp_path / "cache")
+    assert first.reuse_unseeded is False
     await first.generate(_request())
     await first.generate(_request(seed=3))
     fake = _counter()
-    strict = CachingEngine(fake, tmp_path / "cache", reuse_unseeded=False)
+    strict = CachingEngine(fake, tmp_path / "cache")
     await strict.generate(_request())
     await strict.generate(_request(seed=3))
     assert [r.sampling.seed for r in fake.requests] == [None]  # the seeded one was reused
@@ -135,7 +139,7 @@ async def test_a_cache_of_another_format_is_ignored_with_a_warning(tmp_path: Pat
 
 async def test_a_cached_answer_reports_reused_tokens(tmp_path: Path) -> None:
     """A whole hit: completion_tokens=0, requests=0, reused_tokens = the samples' tokens; sums add it."""
-    engine = CachingEngine(_counter(), tmp_path / "cache")
+    engine = CachingEngine(_counter(), tmp_path / "cache", reuse_unseeded=True)
     fresh = await engine.generate(_request(2))
     hit = await engine.generate(_request(2))
     tokens = sum(s.completion_tokens for s in fresh.samples)
@@ -150,7 +154,7 @@ async def test_a_cached_answer_reports_reused_tokens(tmp_path: Path) -> None:
 async def test_streams_give_cached_deltas_then_the_completion(tmp_path: Path) -> None:
     """A partly cached stream gives every sample's text at its index and stores the new ones."""
     fake = _counter()
-    engine = CachingEngine(fake, tmp_path / "cache")
+    engine = CachingEngine(fake, tmp_path / "cache", reuse_unseeded=True)
     await engine.generate(_request(1))
     texts: dict[int, str] = {}
     async with engine.stream(_request(3)) as items:
@@ -169,7 +173,7 @@ async def test_streams_give_cached_deltas_then_the_completion(tmp_path: Path) ->
 async def test_concurrent_identical_requests_generate_once(tmp_path: Path) -> None:
     """Two identical requests in flight at once: the second waits for the first and reuses its samples."""
     fake = FakeEngine(latency=0.05, name="slow")
-    engine = CachingEngine(fake, tmp_path / "cache")
+    engine = CachingEngine(fake, tmp_path / "cache", reuse_unseeded=True)
     out = []
 
     async def ask() -> None:
@@ -184,7 +188,7 @@ async def test_concurrent_identical_requests_generate_once(tmp_path: Path) -> No
 
 async def test_logprobs_survive_the_cache(tmp_path: Path) -> None:
     """A request for log probabilities gets them back from the cache as they were generated."""
-    engine = CachingEngine(FakeEngine(name="fake"), tmp_path / "cache")
+    engine = CachingEngine(FakeEngine(name="fake"), tmp_path / "cache", reuse_unseeded=True)
     fresh = await engine.generate(_request(logprobs=1))
     hit = await engine.generate(_request(logprobs=1))
     assert hit.usage.requests == 0

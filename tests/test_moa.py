@@ -135,3 +135,11 @@ async def test_sequential_shuffle_orders_the_drafts_once() -> None:
     drafts_read = [d for row in seen for d in row if d != "SYN"]
     assert sorted(drafts_read) == [f"d{i}" for i in range(6)]
     assert drafts_read != [f"d{i}" for i in range(6)]
+
+
+def test_a_sequential_aggregator_refuses_a_reference_subset() -> None:
+    """A subset on a sequential aggregator would draw from each window, not from the layer: refused."""
+    from aftlib import SequentialAggregator, Subset
+
+    with pytest.raises(ConfigError, match="would apply to each window, not to the layer"):
+        SequentialAggregator(FakeEngine(), window=3, references=Subset(k=2))

@@ -455,6 +455,11 @@ class SequentialAggregator(Aggregator):
         super().__attrs_post_init__()
         if self.window < 2:
             raise ConfigError(f"agent {self.name!r}: window must be at least 2, got {self.window}")
+        if self.references is not None:
+            raise ConfigError(
+                f"agent {self.name!r}: a sequential aggregator reads every reference, window by window; "
+                "a reference subset would apply to each window, not to the layer (use an Aggregator)"
+            )
         if self.sampling.n != 1:
             raise ConfigError(
                 f"agent {self.name!r}: a sequential aggregator samples once, got n={self.sampling.n}"

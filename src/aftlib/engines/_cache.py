@@ -138,9 +138,9 @@ class CachingEngine(WrapperEngine):
         inner: The engine that generates what the cache does not hold.
         directory: The cache folder (created when missing). Share one folder between engines and runs:
             the key includes the engine's identity.
-        reuse_unseeded: Serve requests without a ``seed`` from the cache too. Within one sweep this is
-            deliberate (common random numbers); across separate runs set it to False, so an unseeded
-            request is always generated afresh (its samples are still stored).
+        reuse_unseeded: Serve requests without a ``seed`` from the cache too (off by default, as
+            ``aftlib run --cache`` has it: an unseeded request is generated afresh, its samples still
+            stored). A sweep turns it on: within one sweep it is deliberate (common random numbers).
         name: A label for logs; the inner engine's name by default.
 
     Attributes:
@@ -152,7 +152,7 @@ class CachingEngine(WrapperEngine):
     """
 
     directory: Path = field(converter=Path)
-    reuse_unseeded: bool = field(default=True, kw_only=True)
+    reuse_unseeded: bool = field(default=False, kw_only=True)
     hits: int = field(default=0, init=False)
     misses: int = field(default=0, init=False)
     calls: int = field(default=0, init=False)

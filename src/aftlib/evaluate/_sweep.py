@@ -404,7 +404,8 @@ class Sweep:
                 self._built[key] = build() if self.engine_hook is None else self.engine_hook(key, build)
             cached = f"{key}:{cache}"
             if cached not in self.engines:
-                self.engines[cached] = CachingEngine(self._built[key], cache)
+                # common random numbers: unseeded requests of all cells share their samples
+                self.engines[cached] = CachingEngine(self._built[key], cache, reuse_unseeded=True)
             return self.engines[cached]
 
         return hook
