@@ -53,6 +53,23 @@ def run_fresh(function: Callable[..., Awaitable[T]], *args: Any, backend: str = 
         return pool.submit(lambda: anyio.run(function, *args, backend=backend)).result()
 
 
+def run_mocked(function: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run ``function(*args)`` on trio with a mock clock that jumps ahead whenever every task waits.
+
+    Sleeps, timeouts and engine latencies then take no wall time and happen in the same order on a busy
+    machine as on a fast one: a test of what happens when orders events by the test's clock, not the
+    machine's.
+    """
+    import trio.testing
+
+    def run() -> T:
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        return anyio.run(function, *args, backend="trio", backend_options={"clock": clock})
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(run).result()
+
+
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     """Run async tests, and the session's fixtures, on one asyncio loop."""

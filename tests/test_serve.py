@@ -249,9 +249,23 @@ def test_a_full_queue_answers_429_with_retry_after_and_the_limit_holds() -> None
         assert post(base, {"model": "slow", "messages": QUESTION}).status_code == 200
 
 
+def wait_for_health(base: str, **wanted: int) -> None:
+    """Poll ``/health`` until its counts are ``wanted`` (the server's own word, not a guess of time)."""
+    deadline = time.monotonic() + 30
+    while True:
+        health = httpx.get(f"{base.removesuffix('/v1')}/health").json()
+        if all(health[key] == value for key, value in wanted.items()):
+            return
+        assert time.monotonic() < deadline, f"the server never reached {wanted}: {health}"
+        time.sleep(0.01)
+
+
 def test_a_queued_request_waits_for_a_slot() -> None:
-    """With 1 run in flight and a queue of 1, a second request waits and completes; a third gets 429."""
-    app = create_app({"slow": fake_topology(latency=0.4)}, max_in_flight=1, max_queue=1)
+    """With 1 run in flight and a queue of 1, a second request waits and completes; a third gets 429.
+
+    Each request is sent once the server says the one before is in flight (or queued).
+    """
+    app = create_app({"slow": fake_topology(latency=1.0)}, max_in_flight=1, max_queue=1)
     results: dict[str, int] = {}
 
     def one(key: str, base: str) -> None:
@@ -260,9 +274,9 @@ def test_a_queued_request_waits_for_a_slot() -> None:
     with served(app) as base:
         threads = [threading.Thread(target=one, args=(k, base)) for k in ("a", "b")]
         threads[0].start()
-        time.sleep(0.2)
+        wait_for_health(base, in_flight=1)
         threads[1].start()
-        time.sleep(0.2)
+        wait_for_health(base, in_flight=1, queued=1)
         one("c", base)
         for t in threads:
             t.join()
@@ -467,7 +481,10 @@ def test_access_logs_carry_request_and_run_ids_and_timings() -> None:
     with structlog.testing.capture_logs() as logs, served(create_app({"m": fake_topology()})) as base:
         response = post(base, {"model": "m", "messages": QUESTION}, headers={"x-request-id": "req-1"})
         assert response.headers["x-request-id"] == "req-1"
-        time.sleep(0.2)
+        deadline = time.monotonic() + 30  # the access line is written once the response is sent
+        while not any(e["event"] == "access" and e.get("request_id") == "req-1" for e in logs):
+            assert time.monotonic() < deadline, "no access log line"
+            time.sleep(0.01)
     done = [e for e in logs if e["event"] == "completion" and e["request_id"] == "req-1"]
     assert len(done) == 1
     assert done[0]["run_id"]
@@ -584,7 +601,7 @@ def test_sigterm_lets_short_runs_finish_and_cancels_the_rest_after_the_grace(tmp
         threads = [threading.Thread(target=stream, args=(m,)) for m in ("quick", "slow")]
         for t in threads:
             t.start()
-        time.sleep(0.2)
+        wait_for_health(base, in_flight=2)  # both runs have started
         start = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 143

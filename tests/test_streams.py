@@ -26,7 +26,7 @@ from aftlib import (
 from aftlib.engines import LimitedEngine, RetryingEngine, StreamItem
 from aftlib.testing import FakeEngine
 
-from .conftest import run_fresh
+from .conftest import run_fresh, run_mocked
 
 T = TypeVar("T")
 
@@ -73,10 +73,12 @@ async def slow_on_event_with_retry_timeout() -> str:
     return result.text
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_a_slow_on_event_consumer_does_not_time_out_a_fast_engine(backend: str) -> None:
-    """With RetryingEngine(timeout=0.2), a callback awaiting 50 ms per token still completes (>2 s waits)."""
-    assert run_fresh(slow_on_event_with_retry_timeout, backend=backend) == LONG
+def test_a_slow_on_event_consumer_does_not_time_out_a_fast_engine() -> None:
+    """With RetryingEngine(timeout=0.2), a callback awaiting 50 ms per token still completes (>2 s waits).
+
+    On a mock clock: the waits are the test's seconds, not the machine's.
+    """
+    assert run_mocked(slow_on_event_with_retry_timeout) == LONG
 
 
 async def consume(topology: Topology, delay: float) -> tuple[BaseException, int]:
@@ -97,8 +99,11 @@ async def both_speeds() -> list[tuple[BaseException, int]]:
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_failing_layer_raises_the_same_quorum_error_whatever_the_consumer_speed(backend: str) -> None:
-    """A fast and a slow consumer of stream() both get a plain QuorumError naming the failed agent."""
-    outcomes = run_fresh(both_speeds, backend=backend)
+    """A fast and a slow consumer of stream() both get a plain QuorumError naming the failed agent.
+
+    On asyncio for real, and on trio under a mock clock, where the slow consumer's waits are exact.
+    """
+    outcomes = run_fresh(both_speeds, backend=backend) if backend == "asyncio" else run_mocked(both_speeds)
     for error, _ in outcomes:
         assert type(error) is QuorumError, repr(error)
         assert "injected fault" in str(error.__cause__)  # the failing engine's error stays the cause
@@ -107,71 +112,83 @@ def test_a_failing_layer_raises_the_same_quorum_error_whatever_the_consumer_spee
     assert str(outcomes[0][0]) == str(outcomes[1][0])
 
 
-@pytest.mark.anyio
-async def test_the_event_buffer_is_bounded_and_a_slow_consumer_holds_the_run_back() -> None:
+def test_the_event_buffer_is_bounded_and_a_slow_consumer_holds_the_run_back() -> None:
     """With buffer=4, a consumer that stops reading leaves the engine a few items ahead, not the answer."""
-    engine = CountingEngine(handler=lambda request, index: LONG)
-    topology = Topology([], Proposer(engine, name="only"))
-    async with topology.stream("q", buffer=4) as events:
-        async for _ in events:
-            await anyio.sleep(0.2)  # the producer runs meanwhile, until the buffers fill
-            break
-    assert 0 < engine.produced < 20, engine.produced
-    assert engine.in_flight == 0
+
+    async def scenario() -> None:
+        engine = CountingEngine(handler=lambda request, index: LONG)
+        topology = Topology([], Proposer(engine, name="only"))
+        async with topology.stream("q", buffer=4) as events:
+            async for _ in events:
+                await anyio.sleep(0.2)  # the producer runs meanwhile, until the buffers fill
+                break
+        assert 0 < engine.produced < 20, engine.produced
+        assert engine.in_flight == 0
+
+    run_mocked(scenario)
 
 
-@pytest.mark.anyio
-async def test_a_layer_timeout_counts_engine_time_not_the_consumers() -> None:
+def test_a_layer_timeout_counts_engine_time_not_the_consumers() -> None:
     """A layer with timeout=0.3 and a consumer taking 1.5 s for its events still gets every candidate."""
-    engine = FakeEngine(handler=lambda request, index: "one two three four five six")
-    layer = Layer([Proposer(engine, name="a"), Proposer(engine, name="b")], timeout=0.3)
-    topology = Topology([layer], Proposer(engine, name="final"))
-    events: list[Event] = []
 
-    async def slow(event: Event) -> None:
-        events.append(event)
-        if isinstance(event, TokenDelta) and event.layer == 0:
-            await anyio.sleep(0.12)
+    async def scenario() -> None:
+        engine = FakeEngine(handler=lambda request, index: "one two three four five six")
+        layer = Layer([Proposer(engine, name="a"), Proposer(engine, name="b")], timeout=0.3)
+        topology = Topology([layer], Proposer(engine, name="final"))
+        events: list[Event] = []
 
-    result = await topology.run("q", on_event=slow)
-    assert result.failures == ()
-    assert len(result.layers[0].candidates) == 2
-    assert isinstance(events[-1], AnswerDone)
+        async def slow(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, TokenDelta) and event.layer == 0:
+                await anyio.sleep(0.12)
+
+        result = await topology.run("q", on_event=slow)
+        assert result.failures == ()
+        assert len(result.layers[0].candidates) == 2
+        assert isinstance(events[-1], AnswerDone)
+
+    run_mocked(scenario)
 
 
-@pytest.mark.anyio
-async def test_a_retrying_stream_times_out_when_the_engine_itself_is_slow() -> None:
+def test_a_retrying_stream_times_out_when_the_engine_itself_is_slow() -> None:
     """The pausable timeout still fires for engine time: a hanging stream becomes EngineTimeoutError."""
-    hangs = FakeEngine(faults=lambda number, request: "hang")
-    engine = RetryingEngine(hangs, attempts=2, timeout=0.05, backoff=0.0)
 
-    async def drain() -> None:
-        async with engine.stream(ChatRequest([Message("user", "q")])) as items:
-            async for _ in items:
-                pass
+    async def scenario() -> None:
+        hangs = FakeEngine(faults=lambda number, request: "hang")
+        engine = RetryingEngine(hangs, attempts=2, timeout=0.05, backoff=0.0)
 
-    with pytest.raises(EngineTimeoutError, match=r"no answer within 0\.05s"):
-        await drain()
-    assert hangs.arrivals == 2
-    assert hangs.in_flight == 0
+        async def drain() -> None:
+            async with engine.stream(ChatRequest([Message("user", "q")])) as items:
+                async for _ in items:
+                    pass
+
+        with pytest.raises(EngineTimeoutError, match=r"no answer within 0\.05s"):
+            await drain()
+        assert hangs.arrivals == 2
+        assert hangs.in_flight == 0
+
+    run_mocked(scenario)
 
 
-@pytest.mark.anyio
-async def test_retry_after_from_the_server_is_honoured() -> None:
+def test_retry_after_from_the_server_is_honoured() -> None:
     """A RateLimitError carrying retry_after waits that long before the next attempt, not the backoff."""
-    calls: list[float] = []
 
-    class Limited(FakeEngine):
-        async def generate(self, request: ChatRequest):  # type: ignore[no-untyped-def]
-            calls.append(anyio.current_time())
-            if len(calls) == 1:
-                raise RateLimitError("slow down", retry_after=0.3, status=429)
-            return await super().generate(request)
+    async def scenario() -> None:
+        calls: list[float] = []
 
-    engine = RetryingEngine(Limited(), attempts=2, backoff=0.0)
-    await engine.generate(ChatRequest([Message("user", "q")]))
-    assert len(calls) == 2
-    assert calls[1] - calls[0] >= 0.29
+        class Limited(FakeEngine):
+            async def generate(self, request: ChatRequest):  # type: ignore[no-untyped-def]
+                calls.append(anyio.current_time())
+                if len(calls) == 1:
+                    raise RateLimitError("slow down", retry_after=0.3, status=429)
+                return await super().generate(request)
+
+        engine = RetryingEngine(Limited(), attempts=2, backoff=0.0)
+        await engine.generate(ChatRequest([Message("user", "q")]))
+        assert len(calls) == 2
+        assert calls[1] - calls[0] >= 0.29
+
+    run_mocked(scenario)
 
 
 @pytest.mark.anyio
