@@ -14,7 +14,6 @@ differ by what they change, not by sampling noise.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import json
@@ -37,6 +36,7 @@ from ..config._engines import EngineHook
 from ..engines._base import Engine
 from ..engines._cache import CachingEngine
 from ..engines._pool import EnginePool
+from ..run import run_journal
 from ._answers import read_baseline
 from ._evaluation import Evaluation, judge_settings
 from ._factory import JUDGES, join_answers, judge_from_config
@@ -830,17 +830,6 @@ def _standalone_cost(path: Path, topology: Topology, prices: PriceTable | None) 
     return float(cost / total["records"])
 
 
-def _answered(answers: Path) -> Iterator[Mapping[str, Any]]:
-    with contextlib.suppress(OSError), answers.open(encoding="utf-8") as handle:
-        for text in handle:
-            try:
-                value = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(value, dict) and value.get("status") == "done":
-                yield value
-
-
 def _result(
     cell: SweepCell,
     metric: str | None,
@@ -857,7 +846,7 @@ def _result(
     if error is None and name is not None:  # a judge that gives no standard error: the items' scores'
         _, error = mean_and_standard_error([j.score for j in judgments if j.score is not None])
     records = prompt = completion = reused = 0
-    for line in _answered(answers):
+    for _, line in run_journal(answers, "jsonl").done():
         u = line.get("usage") or {}
         records += 1
         prompt += int(u.get("prompt_tokens", 0))
