@@ -157,7 +157,7 @@ async def run_records(
         elapsed = anyio.current_time() - start
     engines = stats()
     generated = sum(e.stats.generated_tokens for e in engines)
-    latency = summary.report["latency"]
+    latency = summary.latency.to_json()
     return {
         "done": summary.done,
         "virtual_s": round(elapsed, 1),

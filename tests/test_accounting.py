@@ -121,7 +121,8 @@ async def test_agents_of_failed_records_are_counted_and_their_cost_is_unknown(tm
     prices = PriceTable({"up": Price(1, 1), "down": Price(1, 1)})
     summary = await Runner(topology, prompts(tmp_path / "in.jsonl", 3), out, prices=prices).run()
     assert summary.failed == 3
-    assert summary.report["failed_agents"] == [{"layer": 0, "agent": "down", "records": 3}]
+    failed = summary.usage_report.failed_agents
+    assert [(f.layer, f.agent, f.records) for f in failed] == [(0, "down", 3)]
     for text in out.read_text().splitlines():
         line = json.loads(text)
         assert line["status"] == "error"

@@ -53,7 +53,7 @@ async def test_the_runner_reports_time_to_answer_and_first_token(tmp_path: Path)
     for line in lines:
         timings = line["timings"]
         assert 0 < timings["first_token"] <= timings["elapsed"]
-    latency = summary.report["latency"]
+    latency = summary.latency.to_json()
     assert 0 < latency["first_token"]["p50"] <= latency["p50"] <= latency["p90"] <= latency["p99"]
     assert latency["p50"] >= 0.06  # three requests of 20 ms each
     written = json.loads((tmp_path / "out.jsonl.summary.json").read_text())

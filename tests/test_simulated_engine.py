@@ -341,7 +341,7 @@ def _run_records(tmp_path: Path, policy: str, count: int = 40) -> tuple[Simulate
         topology = presets.aft(engine, max_tokens=256)
         summary = await Runner(topology, source, output, concurrency=count).run()
         assert summary.done == count
-        return summary.report
+        return summary.to_json()
 
     return engine, virtual(run)
 

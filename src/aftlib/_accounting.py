@@ -26,7 +26,16 @@ from ._types import Usage
 from .config._converter import config_class, structure
 from .engines._base import Engine
 
-__all__ = ("Ledger", "Price", "PriceTable", "usage_dict")
+__all__ = (
+    "AgentFailures",
+    "LayerUsage",
+    "Ledger",
+    "Price",
+    "PriceTable",
+    "UsageReport",
+    "Used",
+    "usage_dict",
+)
 
 _PER = 1_000_000
 
@@ -138,6 +147,65 @@ def usage_dict(usage: Usage, cost: float | None = None) -> dict[str, Any]:
     return out
 
 
+@frozen
+class Used:
+    """Tokens used, and what they cost (None without prices, or when a model has no price)."""
+
+    usage: Usage
+    cost: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """As the summary file writes it: the token counts, and ``cost`` when known."""
+        return usage_dict(self.usage, self.cost)
+
+
+@frozen
+class LayerUsage:
+    """One layer's usage (the final agent is the last layer), in all and per agent."""
+
+    layer: int
+    total: Used
+    agents: Mapping[str, Used]
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"layer", "usage", "agents": {name: usage}}``."""
+        return {
+            "layer": self.layer,
+            "usage": self.total.to_json(),
+            "agents": {name: used.to_json() for name, used in self.agents.items()},
+        }
+
+
+@frozen
+class AgentFailures:
+    """An agent that gave no candidates, and in how many records."""
+
+    layer: int
+    agent: str
+    records: int
+
+
+@frozen
+class UsageReport:
+    """A run's usage: in all, per layer and agent, per engine, and the agents that failed."""
+
+    total: Used = Used(Usage())
+    layers: tuple[LayerUsage, ...] = ()
+    engines: Mapping[str, Used] = field(factory=dict)
+    failed_agents: tuple[AgentFailures, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """As the summary file writes it: ``usage``, ``layers``, ``engines``, ``failed_agents``."""
+        return {
+            "usage": self.total.to_json(),
+            "layers": [layer.to_json() for layer in self.layers],
+            "engines": {name: used.to_json() for name, used in self.engines.items()},
+            "failed_agents": [
+                {"layer": f.layer, "agent": f.agent, "records": f.records} for f in self.failed_agents
+            ],
+        }
+
+
 @define
 class Ledger:
     """Usage of many results, summed per agent, layer, model and in all, and priced.
@@ -205,39 +273,32 @@ class Ledger:
             total += price.cost(used)
         return total
 
-    def report(self) -> dict[str, Any]:
-        """The totals as a JSON-ready mapping: in all, per layer and agent, per model, failed agents."""
+    def usage_report(self) -> UsageReport:
+        """The totals: in all, per layer and agent, per engine, and the agents that failed."""
+
+        def used(usage: Mapping[tuple[int, str], Usage]) -> Used:
+            return Used(Usage.sum(usage.values()), self._cost(usage))
+
         layers: dict[int, dict[str, Usage]] = {}
         for (index, agent), usage in sorted(self.by_agent.items()):
             layers.setdefault(index, {})[agent] = usage
-        models: dict[str, Usage] = {}
-        model_keys: dict[str, list[tuple[int, str]]] = {}
-        for key, usage in self.by_agent.items():
+        engine_keys: dict[str, list[tuple[int, str]]] = {}
+        for key in self.by_agent:
             engine = self._engines.get(key)
-            name = engine.name if engine is not None else "?"
-            models[name] = models.get(name, Usage()) + usage
-            model_keys.setdefault(name, []).append(key)
-        return {
-            "usage": usage_dict(self.total, self.total_cost),
-            "layers": [
-                {
-                    "layer": index,
-                    "usage": usage_dict(
-                        Usage.sum(agents.values()), self._cost({(index, a): u for a, u in agents.items()})
-                    ),
-                    "agents": {
-                        agent: usage_dict(usage, self._cost({(index, agent): usage}))
-                        for agent, usage in agents.items()
-                    },
-                }
+            engine_keys.setdefault(engine.name if engine is not None else "?", []).append(key)
+        return UsageReport(
+            total=Used(self.total, self.total_cost),
+            layers=tuple(
+                LayerUsage(
+                    index,
+                    used({(index, a): u for a, u in agents.items()}),
+                    {agent: used({(index, agent): usage}) for agent, usage in agents.items()},
+                )
                 for index, agents in sorted(layers.items())
-            ],
-            "engines": {
-                name: usage_dict(usage, self._cost({k: self.by_agent[k] for k in model_keys[name]}))
-                for name, usage in models.items()
-            },
-            "failed_agents": [
-                {"layer": index, "agent": agent, "records": count}
-                for (index, agent), count in sorted(self.failed_agents.items())
-            ],
-        }
+            ),
+            engines={name: used({k: self.by_agent[k] for k in keys}) for name, keys in engine_keys.items()},
+            failed_agents=tuple(
+                AgentFailures(layer, agent, count)
+                for (layer, agent), count in sorted(self.failed_agents.items())
+            ),
+        )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -79,20 +78,18 @@ def merge_command(
 
 
 def _summary(summary: MergeSummary) -> str:
-    report: dict[str, Any] = summary.report
-    usage = report.get("usage", {})
+    usage = summary.usage
     lines = [
         f"merged {summary.shards} shard{'s' if summary.shards != 1 else ''}: {summary.records} records read, "
         f"{summary.done} done, {summary.failed} failed, {summary.bad} bad lines"
         + (f", {summary.missing} missing" if summary.missing else ""),
-        f"tokens: {usage.get('prompt_tokens', 0):,} prompt, "
-        f"{usage.get('completion_tokens', 0):,} completion, {usage.get('requests', 0):,} requests",
+        f"tokens: {usage.prompt_tokens:,} prompt, "
+        f"{usage.completion_tokens:,} completion, {usage.requests:,} requests",
     ]
-    latency = report.get("latency", {})
-    if latency.get("p50") is not None:
+    answer = summary.latency.answer
+    if answer.p50 is not None and answer.p90 is not None and answer.p99 is not None:
         lines.append(
-            f"time to answer: p50 {latency['p50']:,.2f}s, p90 {latency['p90']:,.2f}s, "
-            f"p99 {latency['p99']:,.2f}s"
+            f"time to answer: p50 {answer.p50:,.2f}s, p90 {answer.p90:,.2f}s, p99 {answer.p99:,.2f}s"
         )
     lines.append(f"output: {summary.output}")
     lines.append(f"summary: {summary.summary}")

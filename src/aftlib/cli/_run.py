@@ -353,33 +353,29 @@ def _summary(summary: RunSummary, timings: dict[str, float]) -> str:
         f"{u.completion_tokens:,} completion generated, {u.reused_tokens:,} reused from the cache, "
         f"{u.requests:,} requests",
     ]
-    for layer in summary.report.get("layers", []):
+    for layer in summary.usage_report.layers:
         agents = ", ".join(
-            f"{name} {a['prompt_tokens']:,}+{a['completion_tokens']:,}" for name, a in layer["agents"].items()
+            f"{name} {a.usage.prompt_tokens:,}+{a.usage.completion_tokens:,}"
+            for name, a in layer.agents.items()
         )
-        lines.append(f"  layer {layer['layer']}: {agents}")
-    for failed in summary.report.get("failed_agents", []):
-        lines.append(
-            f"  agent {failed['agent']} of layer {failed['layer']} failed in {failed['records']} record(s)"
-        )
+        lines.append(f"  layer {layer.layer}: {agents}")
+    for failed in summary.usage_report.failed_agents:
+        lines.append(f"  agent {failed.agent} of layer {failed.layer} failed in {failed.records} record(s)")
     if summary.cost is not None:
         lines.append(f"cost: {summary.cost:,.4f}")
     if "engine start" in timings:
         lines.append(f"engine start: {timings['engine start']:,.1f}s")
     lines.append(f"generation: {summary.elapsed:,.1f}s")
-    latency, throughput = summary.report.get("latency", {}), summary.report.get("throughput", {})
-    if latency.get("p50") is not None:
-        first = latency.get("first_token", {})
-        line = (
-            f"time to answer: p50 {latency['p50']:,.2f}s, p90 {latency['p90']:,.2f}s, "
-            f"p99 {latency['p99']:,.2f}s"
-        )
-        if first.get("p50") is not None:
-            line += f"; first answer token p50 {first['p50']:,.2f}s, p90 {first['p90']:,.2f}s"
+    answer, first = summary.latency.answer, summary.latency.first_token
+    throughput = summary.throughput
+    if answer.p50 is not None and answer.p90 is not None and answer.p99 is not None:
+        line = f"time to answer: p50 {answer.p50:,.2f}s, p90 {answer.p90:,.2f}s, p99 {answer.p99:,.2f}s"
+        if first.p50 is not None and first.p90 is not None:
+            line += f"; first answer token p50 {first.p50:,.2f}s, p90 {first.p90:,.2f}s"
         lines.append(line)
         lines.append(
-            f"throughput: {throughput['records_per_s']:,.2f} records/s, "
-            f"{throughput['completion_tokens_per_s']:,.0f} generated tokens/s"
+            f"throughput: {throughput.records_per_s or 0:,.2f} records/s, "
+            f"{throughput.completion_tokens_per_s or 0:,.0f} generated tokens/s"
         )
     if summary.output is not None:
         lines.append(f"output: {summary.output}")

@@ -36,7 +36,7 @@ from ..config._engines import EngineHook
 from ..engines._base import Engine
 from ..engines._cache import CachingEngine
 from ..engines._pool import EnginePool
-from ..run import run_journal
+from ..run import RunSummary, run_journal
 from ._answers import read_baseline
 from ._evaluation import Evaluation, judge_settings
 from ._factory import JUDGES, join_answers, judge_from_config
@@ -792,15 +792,16 @@ def _counts(engines: Sequence[Engine]) -> tuple[int, int, int]:
     return generated, reused, calls
 
 
-def _add_usage(path: Path, summary: Any) -> None:
+def _add_usage(path: Path, summary: RunSummary) -> None:
     """Add one run's usage per engine to the cell's ``usage.json`` (a resumed cell runs more than once)."""
     try:
         total = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         total = {"records": 0, "engines": {}}
     total["records"] += summary.done + summary.failed
-    for name, usage in summary.report.get("engines", {}).items():
+    for name, used in summary.usage_report.engines.items():
         into = total["engines"].setdefault(name, {})
+        usage = used.to_json()
         for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "reused_tokens", "requests"):
             into[key] = into.get(key, 0) + int(usage.get(key, 0))
     write_json_atomic(path, total)

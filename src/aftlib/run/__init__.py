@@ -9,6 +9,7 @@ writes and reads it (``jsonl``, ``aft``, ``alpaca_eval``, ``mt_bench``).
 
 from __future__ import annotations
 
+from .._accounting import AgentFailures, LayerUsage, UsageReport, Used
 from .._util import publish as _publish
 from ._answer import Answered, answer_record
 from ._codecs import ANSWER_LAYOUTS, CODECS, FORMATS, Answer, Codec, codec, layout_of, write_format
@@ -25,10 +26,17 @@ from ._journal import (
 )
 from ._runner import Runner, describe_topology
 from ._shards import MergeSummary, Shard, merge_shards, shard_spec
-from ._stats import RunStats, RunSummary, loop_clock, percentiles
+from ._stats import Latency, Percentiles, RunStats, RunSummary, Throughput, loop_clock, percentiles
 
 __all__ = (
     "ANSWER_LAYOUTS",
+    "AgentFailures",
+    "LayerUsage",
+    "Latency",
+    "Percentiles",
+    "Throughput",
+    "UsageReport",
+    "Used",
     "CODECS",
     "FORMATS",
     "Answer",

@@ -41,7 +41,7 @@ from ._answer import answer_record
 from ._codecs import FORMATS, write_format
 from ._journal import Journal, errors_path, record_key, run_journal, write_bad_lines
 from ._shards import Shard, shard_spec
-from ._stats import Latencies, RunStats, RunSummary, loop_clock
+from ._stats import Latencies, RunStats, RunSummary, Throughput, loop_clock
 
 __all__ = ("Runner", "describe_topology")
 
@@ -319,7 +319,7 @@ class Runner:
         finally:
             summary = self.summary(interrupted=not finished, started=started)
             if journal is not None:
-                journal.write_summary(self._summary_json(summary))
+                journal.write_summary(summary.to_json(self.input))
             log.info(
                 "run finished" if finished else "run interrupted",
                 done=summary.done,
@@ -339,20 +339,7 @@ class Runner:
 
     def summary(self, *, interrupted: bool = False, started: float | None = None) -> RunSummary:
         """What the run has done so far (also while it runs, or after it was cancelled)."""
-        report = self._ledger.report()
-        report["run_id"] = self.run_id
-        report["interrupted"] = interrupted
         elapsed = self.stats.elapsed
-        report["latency"] = self._latency.report()
-        report["throughput"] = {
-            "records_per_s": round(self.stats.done / elapsed, 4) if elapsed > 0 else None,
-            "completion_tokens_per_s": round(self._ledger.total.completion_tokens / elapsed, 2)
-            if elapsed > 0
-            else None,
-        }
-        if started is not None:
-            report["started"] = _iso(started)
-            report["finished"] = _iso(time.time())
         return RunSummary(
             records=self._counts.get("records", 0),
             done=self.stats.done,
@@ -360,31 +347,21 @@ class Runner:
             failed=self.stats.failed,
             bad=self._counts.get("bad", 0),
             usage=self._ledger.total,
-            elapsed=self.stats.elapsed,
+            elapsed=elapsed,
             output=self.output,
             errors=self._errors_file,
             run_id=self.run_id,
             cost=self._ledger.total_cost,
             interrupted=interrupted,
-            report=report,
+            usage_report=self._ledger.usage_report(),
+            latency=self._latency.latency(),
+            throughput=Throughput(
+                round(self.stats.done / elapsed, 4) if elapsed > 0 else None,
+                round(self._ledger.total.completion_tokens / elapsed, 2) if elapsed > 0 else None,
+            ),
+            started=None if started is None else _iso(started),
+            finished=None if started is None else _iso(time.time()),
         )
-
-    def _summary_json(self, summary: RunSummary) -> dict[str, Any]:
-        return {
-            "run_id": summary.run_id,
-            "input": str(self.input),
-            "output": str(self.output),
-            "interrupted": summary.interrupted,
-            "records": {
-                "read": summary.records,
-                "done": summary.done,
-                "resumed": summary.resumed,
-                "failed": summary.failed,
-                "bad": summary.bad,
-            },
-            "elapsed": round(summary.elapsed, 3),
-            **{k: v for k, v in summary.report.items() if k not in ("run_id", "interrupted")},
-        }
 
     async def _answer(self, record: Record, order: int) -> tuple[dict[str, Any], int]:
         """Answer one record (its requests at age ``order``); returns its output line and tokens."""

@@ -26,9 +26,10 @@ from .._errors import ConfigError
 from .._io import atomic_write, exclusive_lock, file_fingerprint, side_path, write_json_atomic
 from .._logging import get_logger
 from .._records import BadLine, InputRecord, read_records
+from .._types import Usage
 from ._codecs import FORMATS, write_format
 from ._journal import Journal, errors_path, record_key, run_journal, run_path, summary_path, write_bad_lines
-from ._stats import percentiles
+from ._stats import Latency, Percentiles, percentiles
 
 __all__ = ("MergeSummary", "Shard", "merge_shards", "shard_spec")
 
@@ -129,7 +130,9 @@ class MergeSummary:
         output: The merged output file.
         summary: The merged summary file, ``OUT.summary.json``.
         errors: The errors file, if any bad line was found.
-        report: The merged summary as written.
+        usage: The tokens of every record's line, summed.
+        cost: Their cost, when every line has one.
+        latency: Time to answer and to the first answer token, over every answered record.
     """
 
     records: int
@@ -141,7 +144,9 @@ class MergeSummary:
     output: Path
     summary: Path
     errors: Path | None = None
-    report: dict[str, Any] = field(factory=dict, eq=False, repr=False)
+    usage: Usage = field(factory=Usage, eq=False)
+    cost: float | None = field(default=None, eq=False)
+    latency: Latency = field(factory=Latency, eq=False, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -288,6 +293,8 @@ def merge_shards(
             write_format(target, format, order, answers, str(name))
         errors = write_bad_lines(errors_path(target), source, bad)
         done = sum(1 for value in values if value.get("status") == "done")
+        latency = _latency(values)
+        usage = _sum_usage(value.get("usage") for value in values)
         report = {
             "input": str(source),
             "output": str(target),
@@ -304,8 +311,8 @@ def merge_shards(
                 "bad": len(bad),
                 "missing": sum(missing.values()),
             },
-            "usage": _sum_usage(value.get("usage") for value in values),
-            "latency": _latency(values),
+            "usage": usage,
+            "latency": latency.to_json(),
         }
         summary = summary_path(target)
         write_json_atomic(summary, report)
@@ -319,7 +326,9 @@ def merge_shards(
         output=target,
         summary=summary,
         errors=errors,
-        report=report,
+        usage=Usage(**{k: v for k, v in usage.items() if k != "cost"}),
+        cost=usage.get("cost"),
+        latency=latency,
     )
 
 
@@ -487,7 +496,7 @@ def _sum_usage(usages: Iterable[Any]) -> dict[str, Any]:
     return total
 
 
-def _latency(values: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _latency(values: Sequence[dict[str, Any]]) -> Latency:
     answer: list[float] = []
     first: list[float] = []
     for value in values:
@@ -498,4 +507,4 @@ def _latency(values: Sequence[dict[str, Any]]) -> dict[str, Any]:
             answer.append(float(timings["elapsed"]))
         if isinstance(timings.get("first_token"), int | float):
             first.append(float(timings["first_token"]))
-    return {**percentiles(answer), "first_token": percentiles(first)}
+    return Latency(Percentiles(**percentiles(answer)), Percentiles(**percentiles(first)))

@@ -12,9 +12,19 @@ from typing import Any
 import anyio
 from attrs import define, field, frozen
 
+from .._accounting import UsageReport
 from .._types import Usage
 
-__all__ = ("Latencies", "RunStats", "RunSummary", "loop_clock", "percentiles")
+__all__ = (
+    "Latencies",
+    "Latency",
+    "Percentiles",
+    "RunStats",
+    "RunSummary",
+    "Throughput",
+    "loop_clock",
+    "percentiles",
+)
 
 
 @frozen
@@ -36,8 +46,11 @@ class RunSummary:
         cost: The cost of :attr:`usage` from the price table, or None without one (or when a model
             has no price).
         interrupted: The run was cancelled before it read the whole input.
-        report: Usage per layer, agent and engine, and the agents that failed, as written to the
-            summary file.
+        usage_report: Usage per layer, agent and engine, and the agents that failed.
+        latency: Time to answer and to the first answer token of the records answered.
+        throughput: Records and generated tokens per second.
+        started: When the run started (UTC, ISO 8601), when known.
+        finished: When it ended (UTC, ISO 8601), when known.
     """
 
     records: int
@@ -52,12 +65,77 @@ class RunSummary:
     run_id: str = ""
     cost: float | None = None
     interrupted: bool = False
-    report: dict[str, Any] = field(factory=dict, eq=False, repr=False)
+    usage_report: UsageReport = field(factory=UsageReport, eq=False, repr=False)
+    latency: Latency = field(factory=lambda: Latency(), eq=False, repr=False)
+    throughput: Throughput = field(factory=lambda: Throughput(), eq=False, repr=False)
+    started: str | None = field(default=None, eq=False, repr=False)
+    finished: str | None = field(default=None, eq=False, repr=False)
 
     @property
     def ok(self) -> bool:
         """True when every record has an answer."""
         return not (self.failed or self.bad)
+
+    def to_json(self, input: Path | None = None) -> dict[str, Any]:
+        """The summary file (``OUT.summary.json``) of a run of ``input``."""
+        data: dict[str, Any] = {
+            "run_id": self.run_id,
+            "input": None if input is None else str(input),
+            "output": None if self.output is None else str(self.output),
+            "interrupted": self.interrupted,
+            "records": {
+                "read": self.records,
+                "done": self.done,
+                "resumed": self.resumed,
+                "failed": self.failed,
+                "bad": self.bad,
+            },
+            "elapsed": round(self.elapsed, 3),
+            **self.usage_report.to_json(),
+            "latency": self.latency.to_json(),
+            "throughput": {
+                "records_per_s": self.throughput.records_per_s,
+                "completion_tokens_per_s": self.throughput.completion_tokens_per_s,
+            },
+        }
+        if self.started is not None:
+            data["started"] = self.started
+            data["finished"] = self.finished
+        return data
+
+
+@frozen
+class Percentiles:
+    """p50, p90 and p99 (nearest rank) and the mean of some times, in seconds (None when there are none)."""
+
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    mean: float | None = None
+
+    def to_json(self) -> dict[str, float | None]:
+        """``{"p50", "p90", "p99", "mean"}``."""
+        return {"p50": self.p50, "p90": self.p90, "p99": self.p99, "mean": self.mean}
+
+
+@frozen
+class Latency:
+    """Time to answer a record, and to the first token of its answer."""
+
+    answer: Percentiles = Percentiles()
+    first_token: Percentiles = Percentiles()
+
+    def to_json(self) -> dict[str, Any]:
+        """The answer's percentiles, with ``first_token``'s nested, as the summary file has them."""
+        return {**self.answer.to_json(), "first_token": self.first_token.to_json()}
+
+
+@frozen
+class Throughput:
+    """Records answered and tokens generated per second of the run (None before any time passed)."""
+
+    records_per_s: float | None = None
+    completion_tokens_per_s: float | None = None
 
 
 @define
@@ -143,9 +221,9 @@ class Latencies:
         if first_token is not None:
             self.first_token.append(first_token)
 
-    def report(self) -> dict[str, Any]:
-        """``{"p50", "p90", "p99", "mean", "first_token": {...the same}}``, seconds (None when empty)."""
-        return {**percentiles(self.answer), "first_token": percentiles(self.first_token)}
+    def latency(self) -> Latency:
+        """The percentiles of both."""
+        return Latency(Percentiles(**percentiles(self.answer)), Percentiles(**percentiles(self.first_token)))
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
