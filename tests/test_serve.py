@@ -612,3 +612,20 @@ def test_sigterm_lets_short_runs_finish_and_cancels_the_rest_after_the_grace(tmp
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_bug_in_a_custom_agent_is_a_json_500_and_an_error_log_with_its_traceback() -> None:
+    """A TypeError in a custom agent: the client gets the OpenAI error shape; the log keeps the traceback."""
+
+    class Buggy(Proposer):
+        async def run(self, conversation: Any, references: Any, **kwargs: Any) -> Any:
+            return len(None)  # type: ignore[arg-type]  # the programming error under test
+
+    topology = Topology([], Buggy(FakeEngine(name="fake"), name="final"))
+    with structlog.testing.capture_logs() as logs, served(create_app({"m": topology})) as base:
+        response = post(base, {"model": "m", "messages": QUESTION})
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"
+    failed = [e for e in logs if e["event"] == "run failed"]
+    assert failed[0]["log_level"] == "error"
+    assert isinstance(failed[0]["exc_info"], TypeError)

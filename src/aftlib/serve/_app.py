@@ -87,6 +87,14 @@ def _engine_error(exc: BaseException) -> ApiError:
     return ApiError(500, "internal server error", type="server_error", headers=no_retry)
 
 
+def _log_failure(log: Any, event: str, exc: BaseException, error: ApiError) -> None:
+    """A runtime failure is a warning; anything else is a bug, logged with its traceback."""
+    if not isinstance(exc, AftError | ApiError):
+        log.error(event, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+    elif error.status >= 500:
+        log.warning(event, error=f"{type(exc).__name__}: {exc}")
+
+
 @define(eq=False)
 class _Gate:
     """Topology runs in flight, at most ``limit``, with at most ``queue`` waiting for a slot.
@@ -328,12 +336,11 @@ class _Chat:
             else:
                 try:
                     result = await topology.run(conversation)
-                except Exception as exc:
+                except Exception as exc:  # the HTTP boundary: the client gets the OpenAI error shape
                     left.done = True
                     error = _engine_error(exc)
                     status = error.status
-                    if error.status >= 500:
-                        log.warning("run failed", error=f"{type(exc).__name__}: {exc}")
+                    _log_failure(log, "run failed", exc, error)
                     await _send_error(send, error, request_id)
                 else:
                     left.done = True
@@ -415,9 +422,7 @@ class _Chat:
             except Exception as exc:  # after the stream began: an error event, then the stream closes
                 left.done = True
                 error = _engine_error(exc)
-                get_logger(__name__, request_id=request_id).warning(
-                    "run failed mid-stream", error=f"{type(exc).__name__}: {exc}"
-                )
+                _log_failure(get_logger(__name__, request_id=request_id), "run failed mid-stream", exc, error)
                 body = error.body()
                 body["error"]["status"] = error.status
                 await write(sse(body))
