@@ -315,7 +315,7 @@ def test_a_misspelt_top_level_key_says_which_keys_are_known() -> None:
         config.parse(data, source="topo.yaml")
     assert str(info.value) == (
         "topo.yaml: engins: unknown key 'engins'; did you mean 'engines'? "
-        "known keys: engines, agents, layers, final, template_dirs, early_exit"
+        "known keys: engines, agents, layers, final, template_dirs, early_exit, budget"
     )
 
 

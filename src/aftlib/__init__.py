@@ -19,6 +19,8 @@ import typing
 from . import engines, presets
 from ._accounting import Price, PriceTable
 from ._agents import Agent, Aggregator, ModelAgent, Proposer, SequentialAggregator, Subset
+from ._confidence import Confidence, TokenConfidences
+from ._drafting import Consensus, Drafts, NoDraftsError, OnlineStop
 from ._errors import (
     AftError,
     ConfigError,
@@ -33,6 +35,7 @@ from ._errors import (
     TemplateError,
 )
 from ._extract import AnswerExtractor, Extracted
+from ._filter import ConfidenceFilter
 from ._results import (
     AgentFailure,
     AnswerDone,
@@ -41,6 +44,7 @@ from ._results import (
     Event,
     LayerDone,
     LayerResult,
+    References,
     Result,
     TokenDelta,
 )
@@ -84,9 +88,13 @@ __all__ = (
     "ChatRequest",
     "Completion",
     "ConfigError",
+    "Confidence",
+    "ConfidenceFilter",
+    "Consensus",
     "ContextLengthError",
     "Cut",
     "Delta",
+    "Drafts",
     "EngineError",
     "EngineTimeoutError",
     "Event",
@@ -98,12 +106,15 @@ __all__ = (
     "Message",
     "MissingExtraError",
     "ModelAgent",
+    "NoDraftsError",
+    "OnlineStop",
     "Price",
     "PriceTable",
     "PromptTemplate",
     "Proposer",
     "QuorumError",
     "RateLimitError",
+    "References",
     "Result",
     "RunStats",
     "RunSummary",
@@ -114,6 +125,7 @@ __all__ = (
     "ServerError",
     "Shard",
     "TemplateError",
+    "TokenConfidences",
     "TokenDelta",
     "TokenLogprob",
     "Topology",

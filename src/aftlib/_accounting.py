@@ -141,6 +141,7 @@ def usage_dict(usage: Usage, cost: float | None = None) -> dict[str, Any]:
         "cached_tokens": usage.cached_tokens,
         "requests": usage.requests,
         "reused_tokens": usage.reused_tokens,
+        "saved_tokens": usage.saved_tokens,
     }
     if cost is not None:
         out["cost"] = round(cost, 8)

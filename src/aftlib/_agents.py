@@ -14,13 +14,14 @@ import inspect
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import anyio
 import attrs
 from attrs import define, evolve, field, frozen
 
 from ._budget import fit
+from ._confidence import TOP_LOGPROBS, TokenConfidences
 from ._errors import ConfigError
 from ._logging import context, get_logger
 from ._results import Candidate, CandidateDone, Event, TokenDelta
@@ -92,6 +93,26 @@ class Agent(abc.ABC):
         """What decides the agent's answers, as JSON (for fingerprints and data cards)."""
         return {"class": type(self).__name__, "name": self.name}
 
+    @property
+    def needs_confidence(self) -> bool:
+        """True when the agent weighs the candidates it reads by their confidence.
+
+        A topology then makes the agents of the layer before give it (:meth:`with_confidence`).
+        """
+        return False
+
+    def with_confidence(self, what: str) -> Agent:
+        """This agent, its candidates carrying their confidence (:attr:`Candidate.confidence`).
+
+        Args:
+            what: What needs the confidence, for the error message.
+
+        Raises:
+            ConfigError: The agent's candidates cannot carry a confidence (no model writes them), or its
+                engine gives no log probabilities.
+        """
+        refuse_confidence(self, what)
+
     @abc.abstractmethod
     async def run(
         self,
@@ -107,6 +128,14 @@ class Agent(abc.ABC):
         Returns:
             The candidates, in sample order, and what its engines returned (samples and usage).
         """
+
+
+def refuse_confidence(agent: Agent, what: str) -> NoReturn:
+    """Raise the error of an agent whose candidates carry no confidence."""
+    raise ConfigError(
+        f"{what} needs the confidence of agent {agent.name!r}'s candidates, and a {type(agent).__name__} "
+        "gives none (no model writes its candidates' tokens)"
+    )
 
 
 @define(eq=False)
@@ -171,6 +200,13 @@ class ModelAgent(Agent):
     def generations(self, references: int) -> int:
         """Samples this agent generates when it reads ``references`` references."""
         return self.sampling.n
+
+    def with_confidence(self, what: str) -> ModelAgent:
+        """This agent asking its engine for the top log probabilities, unless it already asks for some."""
+        self.engine.check_logprobs(f"agent {self.name!r}, for {what},")
+        if self.sampling.logprobs is not None:
+            return self
+        return evolve(self, sampling=evolve(self.sampling, logprobs=TOP_LOGPROBS))
 
     def prepare(
         self, conversation: Sequence[Message], references: Sequence[str]
@@ -275,6 +311,7 @@ class ModelAgent(Agent):
                 cuts,
                 (request,),
                 read,
+                confidence=None if s.logprobs is None else TokenConfidences.of(s.logprobs),
             )
             for s in sorted(completion.samples, key=lambda s: s.index)
         )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, overload
 
 from attrs import field, frozen
 
+from ._confidence import TokenConfidences
 from ._types import ChatRequest, Cut, Usage
 
 __all__ = (
@@ -17,6 +18,7 @@ __all__ = (
     "Event",
     "LayerDone",
     "LayerResult",
+    "References",
     "Result",
     "TokenDelta",
 )
@@ -41,6 +43,8 @@ class Candidate:
             of them (:class:`~aftlib.Subset`); None when it read them all.
         details: What a strategy recorded about how it chose (a vote's counts and agreement, the index a
             selection chose and why); JSON-ready.
+        confidence: The token confidences of the sample (:class:`~aftlib.TokenConfidences`), when its
+            request asked for log probabilities; None otherwise.
     """
 
     layer: int
@@ -54,6 +58,48 @@ class Candidate:
     requests: tuple[ChatRequest, ...] = field(default=(), eq=False, repr=False)
     read: tuple[int, ...] | None = None
     details: Mapping[str, Any] = field(factory=dict, eq=False)
+    confidence: TokenConfidences | None = field(default=None, eq=False, repr=False)
+
+
+class References(Sequence[str]):
+    """The previous layer's candidates as the texts an agent reads, each with its candidate.
+
+    A topology hands every agent its references as a ``References``: a sequence of texts, as
+    :meth:`Agent.run <aftlib.Agent.run>` declares, whose :attr:`candidates` also give what a strategy
+    may weigh them by (their confidence, their agent). Slicing gives a ``References`` too.
+    """
+
+    __slots__ = ("candidates",)
+
+    def __init__(self, candidates: Iterable[Candidate]) -> None:
+        self.candidates: tuple[Candidate, ...] = tuple(candidates)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> References: ...
+
+    def __getitem__(self, index: int | slice) -> str | References:
+        if isinstance(index, slice):
+            return References(self.candidates[index])
+        return self.candidates[index].text
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __iter__(self) -> Iterator[str]:
+        return (c.text for c in self.candidates)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"References({list(self)!r})"
 
 
 FailureReason = Literal["error", "timeout", "cancelled"]

@@ -17,7 +17,7 @@ import anyio
 import anyio.abc
 from attrs import define, evolve, field
 
-from ._agents import Emit, ModelAgent
+from ._agents import Emit, ModelAgent, refuse_confidence
 from ._errors import ConfigError, EngineError
 from ._logging import context, get_logger
 from ._results import Candidate, CandidateDone, TokenDelta
@@ -194,6 +194,10 @@ class Select(ModelAgent):
         """As :meth:`ModelAgent.describe`, with the retries."""
         return {**super().describe(), "retries": self.retries}
 
+    def with_confidence(self, what: str) -> ModelAgent:
+        """Refused: its candidate is a text it picked, which no model wrote for it."""
+        refuse_confidence(self, what)
+
     def generations(self, references: int) -> int:
         """One judge reply (more only on a retry); none for a single reference."""
         return 1 if references > 1 else 0
@@ -340,6 +344,10 @@ class BestOfN(ModelAgent):
     def describe(self) -> dict[str, Any]:
         """As :meth:`ModelAgent.describe`, with ``min_scores``."""
         return {**super().describe(), "min_scores": self.min_scores}
+
+    def with_confidence(self, what: str) -> ModelAgent:
+        """Refused: its candidate is a text it picked, which no model wrote for it."""
+        refuse_confidence(self, what)
 
     def generations(self, references: int) -> int:
         """One rating per reference; none for a single reference."""

@@ -11,14 +11,26 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import attrs
 from attrs import define, field, frozen
 
-from ._agents import Agent, Emit, EventCallback, Subset, emitter
+from ._agents import Agent, Emit, EventCallback, ModelAgent, Subset, emitter
+from ._drafting import Drafts, TokenMeter, draft_budget
 from ._errors import ConfigError, EngineError, QuorumError
 from ._extract import AnswerExtractor
 from ._logging import get_logger
 from ._priority import next_order, priority, step
-from ._results import AgentFailure, AnswerDone, Candidate, Event, LayerDone, LayerResult, Result, TokenDelta
+from ._results import (
+    AgentFailure,
+    AnswerDone,
+    Candidate,
+    Event,
+    LayerDone,
+    LayerResult,
+    References,
+    Result,
+    TokenDelta,
+)
 from ._streams import DEFAULT_BUFFER, move_on_after, producer_stream
 from ._types import Completion, Message, Usage, as_conversation
 from ._util import unwrap_group
@@ -110,6 +122,7 @@ class Layer:
         outcomes: dict[int, tuple[tuple[Candidate, ...], Completion]] = {}
         errors: dict[int, EngineError] = {}
         got, possible = 0, self.expected
+        quorum = self.min_candidates is not None
 
         async def run_agent(slot: int, agent: Agent, group: anyio.abc.TaskGroup) -> None:
             nonlocal got, possible
@@ -124,7 +137,8 @@ class Layer:
                 return
             outcomes[slot] = outcome
             got += len(outcome[0])
-            if got >= need and (self.timeout is None or got == self.expected):
+            possible -= agent.samples - len(outcome[0])  # a drafter may give fewer than it could
+            if quorum and got >= need and (self.timeout is None or len(outcomes) == len(self.agents)):
                 group.cancel_scope.cancel()  # the agents still running are not needed
 
         timed_emit: Emit | None = None
@@ -147,7 +161,7 @@ class Layer:
             elif slot not in outcomes:
                 late = clock.expired
                 failures.append(AgentFailure(index, agent.name, "timeout" if late else "cancelled"))
-        if got < need:
+        if (got < need) if quorum else bool(failures):
             detail = "; ".join(f"{f.agent} {f.error or f.reason}" for f in failures)
             raise QuorumError(
                 f"layer {index} got {got} of the {need} candidates it needs; {detail}",
@@ -227,16 +241,28 @@ class Topology:
         layers: The layers before the final agent (a layer may be given as a list of agents).
         final: The agent whose single sample is the answer.
         early_exit: Stop before the remaining layers when a layer's candidates agree (off by default).
+        budget: The most completion tokens the drafts of one run may use: the proposers of every layer
+            before the final agent draw one request per draft (:class:`~aftlib.Drafts`), each started
+            only while the budget has room for its ``max_tokens``, and the topology goes on with the
+            drafts that fit. None draws every draft.
+
+    Agents that weigh the candidates they read by confidence (:attr:`Agent.needs_confidence`: a
+    confidence-weighted :class:`~aftlib.Vote`, a :class:`~aftlib.ConfidenceFilter`) make the agents of
+    the layer before ask their engines for log probabilities (:meth:`Agent.with_confidence`); the
+    layers hold those agents.
 
     Raises:
         ConfigError: The first layer holds an aggregator, the final agent is an aggregator with no layer
-            before it, the final agent samples more than once, or an aggregator reads a subset larger
-            than the candidates of the layer before it.
+            before it, the final agent samples more than once, an aggregator reads a subset larger
+            than the candidates of the layer before it, a budget is smaller than one draft, or an agent
+            needs confidences the layer before cannot give (no model writes its candidates, or an
+            engine gives no log probabilities).
     """
 
     layers: tuple[Layer, ...] = field(converter=_layers)
     final: Agent
     early_exit: EarlyExit | None = field(default=None, kw_only=True)
+    budget: int | None = field(default=None, kw_only=True)
     _pool: EnginePool | None = field(default=None, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -264,6 +290,51 @@ class Topology:
                 f"the final agent samples once; got n={self.final.samples}",
                 path="final.sampling.n",
             )
+        if self.budget is not None:
+            self._bound_drafts(self.budget)
+        self._give_confidence()
+
+    def _bound_drafts(self, budget: int) -> None:
+        """Draw the drafts of the layers before the final agent one request each, within ``budget``."""
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise ConfigError(f"budget is a number of tokens of at least 1, got {budget!r}", path="budget")
+        layers = []
+        for layer in self.layers:
+            agents = [
+                Drafts(a) if isinstance(a, ModelAgent) and not a.reads_references else a for a in layer.agents
+            ]
+            layers.append(attrs.evolve(layer, agents=agents))
+        self.layers = tuple(layers)
+        drafters = [a for layer in self.layers for a in layer.agents if isinstance(a, Drafts)]
+        if not drafters:
+            raise ConfigError(
+                "a budget bounds the proposers' drafts, and this topology has none", path="budget"
+            )
+        largest = max(drafters, key=lambda a: a.max_tokens)
+        if budget < largest.max_tokens:
+            raise ConfigError(
+                f"a budget of {budget} tokens is smaller than one draft of agent {largest.name!r} "
+                f"(max_tokens {largest.max_tokens}): nothing could be drafted; raise the budget or lower "
+                "max_tokens",
+                path="budget",
+            )
+
+    def _give_confidence(self) -> None:
+        """Make the layers before the agents that weigh by confidence give it."""
+        readers = [(index, a) for index, layer in enumerate(self.layers[1:]) for a in layer.agents]
+        if self.layers:
+            readers.append((len(self.layers) - 1, self.final))
+        layers = list(self.layers)
+        for index, reader in readers:
+            if not reader.needs_confidence:
+                continue
+            what = f"the confidence that agent {reader.name!r} weighs candidates by"
+            try:
+                agents = [agent.with_confidence(what) for agent in layers[index].agents]
+            except ConfigError as exc:
+                raise ConfigError(exc.message, path=f"layers[{index}]") from None
+            layers[index] = attrs.evolve(layers[index], agents=agents)
+        self.layers = tuple(layers)
 
     def _readers(self) -> list[tuple[str, Agent, int]]:
         """Every agent that reads references, where it is, and the candidates of the layer before it."""
@@ -373,12 +444,13 @@ class Topology:
         start = time.perf_counter()
         log = get_logger(__name__, layers=len(self.layers))
         layers: list[LayerResult] = []
-        references: list[str] = []
+        references = References(())
+        meter = None if self.budget is None else TokenMeter(self.budget)  # shared by every drafting layer
         for index, layer in enumerate(self.layers):
-            with step(priority(len(self.layers) - index, age)):
+            with step(priority(len(self.layers) - index, age)), draft_budget(meter):
                 done = await layer.run(conversation, references, index=index, emit=emit)
             layers.append(done)
-            references = done.texts
+            references = References(done.candidates)
             log.debug("layer done", layer=index, candidates=len(done.candidates))
             if emit is not None:
                 await emit(LayerDone(done))

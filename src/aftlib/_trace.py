@@ -1,7 +1,8 @@
 """Traces: a result written out in full, complete enough to send the same requests again.
 
 ``aftlib run --trace`` adds one trace per answered turn to each output line. A trace holds every
-layer's candidates (text, tokens, cuts), the agents that failed, and every engine request as it was
+layer's candidates (text, tokens, cuts, and their confidence metrics when their requests asked for log
+probabilities), the agents that failed, and every engine request as it was
 sent (messages, sampling, LoRA adapter). :func:`traced_requests` reads the requests back.
 """
 
@@ -69,6 +70,7 @@ def _candidate_dict(c: Candidate) -> dict[str, Any]:
         "cuts": [{"reference": k.reference, "tokens": k.tokens, "kept": k.kept} for k in c.cuts],
         **({"read": list(c.read)} if c.read is not None else {}),
         **({"details": dict(c.details)} if c.details else {}),
+        **({"confidence": c.confidence.summary()} if c.confidence is not None else {}),
     }
 
 

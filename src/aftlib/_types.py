@@ -223,6 +223,10 @@ class Usage:
         requests: How many engine requests these counts add up.
         reused_tokens: Completion tokens served from a request cache instead of generated
             (:class:`~aftlib.engines.CachingEngine`); not part of ``completion_tokens``.
+        saved_tokens: An estimate of the completion tokens not generated because drafting stopped early
+            (:class:`~aftlib.Drafts`: drafts stopped for low confidence, drafts not drawn once the drafts
+            agreed or the budget ran out): for each, the mean length of the finished drafts of the same
+            request less what it generated. Not part of ``completion_tokens``.
     """
 
     prompt_tokens: int = 0
@@ -230,6 +234,7 @@ class Usage:
     cached_tokens: int = 0
     requests: int = 0
     reused_tokens: int = 0
+    saved_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -243,6 +248,7 @@ class Usage:
             self.cached_tokens + other.cached_tokens,
             self.requests + other.requests,
             self.reused_tokens + other.reused_tokens,
+            self.saved_tokens + other.saved_tokens,
         )
 
     @staticmethod
@@ -306,12 +312,24 @@ class Completion:
     usage: Usage = field(factory=Usage)
 
 
+def _logprob_tuple(value: Iterable[TokenLogprob]) -> tuple[TokenLogprob, ...]:
+    return tuple(value)
+
+
 @frozen
 class Delta:
-    """A piece of text streamed for one sample of a request."""
+    """A piece of text streamed for one sample of a request.
+
+    Attributes:
+        index: The sample's index among the request's ``n`` samples.
+        text: The new text (may be empty when a token adds no text yet).
+        logprobs: The log probabilities of the tokens generated since the last delta, when the request
+            asked for them (an engine that replays a stored sample may give them all in one delta).
+    """
 
     index: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] = field(default=(), converter=_logprob_tuple)
 
 
 @frozen

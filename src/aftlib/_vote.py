@@ -6,18 +6,21 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
+import attrs
 from attrs import define, field
 
 from ._agents import Agent, Emit
+from ._confidence import Confidence
 from ._errors import ConfigError, EngineError
 from ._extract import AnswerExtractor
 from ._logging import get_logger
-from ._results import Candidate, CandidateDone, TokenDelta
+from ._results import Candidate, CandidateDone, References, TokenDelta
 from ._types import Completion, Message
 
 __all__ = ("NoAnswerError", "Vote")
 
 NoAnswer = Literal["error", "first"]
+Weight = Literal["count", "confidence"]
 
 
 class NoAnswerError(EngineError):
@@ -27,6 +30,11 @@ class NoAnswerError(EngineError):
 def _check_no_answer(_: object, __: object, value: str) -> None:
     if value not in ("error", "first"):
         raise ConfigError(f"on_no_answer is 'error' or 'first', got {value!r}", path="on_no_answer")
+
+
+def _check_weight(_: object, __: object, value: str) -> None:
+    if value not in ("count", "confidence"):
+        raise ConfigError(f"weight is 'count' or 'confidence', got {value!r}", path="weight")
 
 
 @define(eq=False)
@@ -41,11 +49,18 @@ class Vote(Agent):
     record the counts, the agreement (the winner's share of the candidates) and the candidates with no
     answer, which are counted apart and never win.
 
+    With ``weight="confidence"`` each candidate's vote weighs its confidence (:class:`~aftlib.Confidence`,
+    DeepConf's confidence-weighted majority): the answer with the most weight wins. The topology then
+    asks the layer before for log probabilities (refusing engines that give none).
+
     Attributes:
         extractor: How answers are found; by default ``####``, "the answer is", ``\boxed{}``, then the
             last number.
         on_no_answer: When no candidate has an answer: ``"error"`` fails the run with
             :class:`NoAnswerError`; ``"first"`` gives the first candidate, recorded as a fallback.
+        weight: ``"count"`` (one vote each) or ``"confidence"`` (each vote weighs its candidate's
+            confidence score).
+        confidence: How a candidate's confidence is scored, with ``weight="confidence"``.
         name: The agent's name.
     """
 
@@ -53,15 +68,32 @@ class Vote(Agent):
 
     extractor: AnswerExtractor = field(factory=AnswerExtractor, kw_only=True)
     on_no_answer: NoAnswer = field(default="error", kw_only=True, validator=_check_no_answer)
+    weight: Weight = field(default="count", kw_only=True, validator=_check_weight)
+    confidence: Confidence = field(factory=Confidence, kw_only=True)
     name: str = field(default="vote", kw_only=True)
 
-    def describe(self) -> dict[str, Any]:
-        """The class, name, extractor and fallback."""
-        extractor = {"strategies": list(self.extractor.strategies), "pattern": self.extractor.pattern}
-        return {**super().describe(), "extractor": extractor, "on_no_answer": self.on_no_answer}
+    @property
+    def needs_confidence(self) -> bool:
+        """True when the vote weighs candidates by confidence."""
+        return self.weight == "confidence"
 
-    def tally(self, texts: Sequence[str]) -> tuple[int | None, dict[str, Any]]:
-        """The position of the text that wins the vote (None when no text has an answer), and the counts."""
+    def describe(self) -> dict[str, Any]:
+        """The class, name, extractor, fallback and weighting."""
+        extractor = {"strategies": list(self.extractor.strategies), "pattern": self.extractor.pattern}
+        out = {**super().describe(), "extractor": extractor, "on_no_answer": self.on_no_answer}
+        if self.needs_confidence:
+            out.update(weight=self.weight, confidence=attrs.asdict(self.confidence))
+        return out
+
+    def tally(
+        self, texts: Sequence[str], weights: Sequence[float] | None = None
+    ) -> tuple[int | None, dict[str, Any]]:
+        """The position of the text that wins the vote (None when no text has an answer), and the counts.
+
+        Args:
+            texts: The candidates' texts.
+            weights: Each candidate's vote weight; None (or all zero) counts one vote each.
+        """
         answers = [self.extractor.extract(text).answer for text in texts]
         counts = Counter(a for a in answers if a is not None)
         details: dict[str, Any] = {
@@ -71,9 +103,16 @@ class Vote(Agent):
         }
         if not counts:
             return None, {**details, "answer": None, "agreement": 0.0}
-        top = max(counts.values())
-        winner = next(a for a in answers if a is not None and counts[a] == top)  # the earliest of the tied
-        details.update(answer=winner, agreement=round(top / len(texts), 6))
+        score: dict[str, float] = dict(counts)
+        if weights is not None and sum(w for a, w in zip(answers, weights, strict=True) if a is not None) > 0:
+            score = dict.fromkeys(counts, 0.0)
+            for answer, weight in zip(answers, weights, strict=True):
+                if answer is not None:
+                    score[answer] += weight
+            details["weights"] = {a: round(w, 6) for a, w in sorted(score.items(), key=lambda kv: -kv[1])}
+        top = max(score.values())
+        winner = next(a for a in answers if a is not None and score[a] == top)  # the earliest of the tied
+        details.update(answer=winner, agreement=round(counts[winner] / len(texts), 6))
         return answers.index(winner), details
 
     async def run(
@@ -88,7 +127,15 @@ class Vote(Agent):
         """Vote over ``references``; the winning draft comes out whole."""
         if not references:
             raise NoAnswerError(f"vote {self.name!r} of layer {layer}: there are no candidates to vote on")
-        chosen, details = self.tally(references)
+        weights = None
+        if self.needs_confidence:
+            if not isinstance(references, References):
+                raise ConfigError(
+                    f"vote {self.name!r} weighs candidates by confidence: give it References (a topology "
+                    "does), not bare texts"
+                )
+            weights = [self.confidence.weight(c.confidence) for c in references.candidates]
+        chosen, details = self.tally(references, weights)
         if chosen is None:
             if self.on_no_answer == "error":
                 raise NoAnswerError(

@@ -15,9 +15,12 @@ from typing import Any
 import attrs
 from attrs import field, frozen
 
-from .._agents import Agent, Aggregator, Proposer, SequentialAggregator, Subset
+from .._agents import Agent, Aggregator, ModelAgent, Proposer, SequentialAggregator, Subset
+from .._confidence import Confidence
+from .._drafting import Consensus, Drafts, OnlineStop
 from .._errors import ConfigError
 from .._extract import AnswerExtractor
+from .._filter import ConfidenceFilter
 from .._templates import builtin_templates
 from .._topology import EarlyExit, Layer, Topology
 from .._types import SamplingParams
@@ -28,8 +31,11 @@ from ._engines import EngineHook, EngineSpec, build_engine
 
 __all__ = (
     "AgentConfig",
+    "ConsensusConfig",
+    "DraftingConfig",
     "EarlyExitConfig",
     "ExtractorConfig",
+    "FilterConfig",
     "LayerConfig",
     "ReferencesConfig",
     "TopologyConfig",
@@ -73,6 +79,41 @@ class EarlyExitConfig:
     extractor: ExtractorConfig = field(factory=ExtractorConfig)
 
 
+@config_class("a consensus")
+@frozen
+class ConsensusConfig:
+    """Stop drawing drafts once they agree (:class:`~aftlib.Consensus`)."""
+
+    agreement: float = 0.75
+    min_drafts: int = 3
+    extractor: ExtractorConfig = field(factory=ExtractorConfig)
+
+    def build(self) -> Consensus:
+        """The consensus rule."""
+        with at("extractor"):
+            extractor = self.extractor.build()
+        return Consensus(self.agreement, self.min_drafts, extractor)
+
+
+@config_class("drafting")
+@frozen
+class DraftingConfig:
+    """How a proposer's drafts are drawn (:class:`~aftlib.Drafts`): in waves, stopped, until they agree."""
+
+    wave: int | None = None
+    stop: OnlineStop | None = None
+    consensus: ConsensusConfig | None = None
+
+
+@config_class("a confidence filter")
+@frozen
+class FilterConfig:
+    """Read only the most confident candidates (:class:`~aftlib.ConfidenceFilter`)."""
+
+    keep: float = 0.5
+    confidence: Confidence = field(factory=Confidence)
+
+
 @config_class("an agent")
 @frozen
 class AgentConfig:
@@ -84,6 +125,12 @@ class AgentConfig:
     template; ``sampling`` holds the keys of :class:`~aftlib.SamplingParams` (its defaults where a key
     is left out); ``references: {subset: K, drop: P, seed: S}`` makes an aggregator read a seeded random
     subset of the previous layer's candidates.
+
+    Spending tokens by confidence: a vote takes ``weight: confidence`` (with ``confidence: {metric,
+    window, tail}``, :class:`~aftlib.Confidence`); any agent that reads candidates takes ``filter: {keep,
+    confidence}`` (:class:`~aftlib.ConfidenceFilter`); a proposer takes ``drafting: {wave, stop:
+    {threshold | warmup, keep, window}, consensus: {agreement, min_drafts, extractor}}``
+    (:class:`~aftlib.Drafts`).
     """
 
     engine: str | None = None
@@ -98,6 +145,10 @@ class AgentConfig:
     extractor: ExtractorConfig | None = None
     on_no_answer: str | None = None
     min_scores: int | None = None
+    weight: str | None = None
+    confidence: Confidence | None = None
+    filter: FilterConfig | None = None
+    drafting: DraftingConfig | None = None
 
 
 @config_class("a layer mapping", aliases={"deadline": "timeout", "quorum": "min_candidates"})
@@ -154,6 +205,7 @@ class TopologyConfig:
     final: str
     template_dirs: list[str] | None = None
     early_exit: EarlyExitConfig | None = None
+    budget: int | None = None
 
     def topology(self, base: Path | None = None, *, engine_hook: EngineHook | None = None) -> Topology:
         """Build the engines (not started), the agents and the topology.
@@ -199,9 +251,28 @@ class TopologyConfig:
                     extractor = spec_exit.extractor.build()
                 early_exit = EarlyExit(spec_exit.by, spec_exit.min_agreement, extractor)
         with at(default="layers"):
-            return Topology(layers, agents[self.final], early_exit=early_exit)
+            return Topology(layers, agents[self.final], early_exit=early_exit, budget=self.budget)
 
     def _agent(self, name: str, spec: AgentConfig, engines: Mapping[str, Engine], dirs: list[Path]) -> Agent:
+        agent = self._plain_agent(name, spec, engines, dirs)
+        path = f"agents.{name}"
+        if spec.drafting is not None:
+            drafting = spec.drafting
+            with at(f"{path}.drafting"):
+                consensus = None
+                if drafting.consensus is not None:
+                    with at("consensus"):
+                        consensus = drafting.consensus.build()
+                assert isinstance(agent, ModelAgent)  # checked: a proposer
+                agent = Drafts(agent, stop=drafting.stop, consensus=consensus, wave=drafting.wave)
+        if spec.filter is not None:
+            with at(f"{path}.filter"):
+                agent = ConfidenceFilter(agent, keep=spec.filter.keep, confidence=spec.filter.confidence)
+        return agent
+
+    def _plain_agent(
+        self, name: str, spec: AgentConfig, engines: Mapping[str, Engine], dirs: list[Path]
+    ) -> Agent:
         path = f"agents.{name}"
         if spec.role is not None and spec.type is not None and spec.role != spec.type:
             raise ConfigError("give 'type' or 'role', not both", path=f"{path}.type")
@@ -218,7 +289,15 @@ class TopologyConfig:
                 with at("extractor"):
                     extractor = (spec.extractor or ExtractorConfig()).build()
                 fallback: Any = spec.on_no_answer or "error"  # Vote checks the value and names the key
-                return Vote(extractor=extractor, on_no_answer=fallback, name=name)
+                weight: Any = spec.weight or "count"
+                confidence = spec.confidence or Confidence()
+                return Vote(
+                    extractor=extractor,
+                    on_no_answer=fallback,
+                    weight=weight,
+                    confidence=confidence,
+                    name=name,
+                )
         if spec.engine is None:
             raise ConfigError(f"missing key 'engine': a {kind} needs 'engine'", path=f"{path}.engine")
         if spec.engine not in engines:
@@ -262,10 +341,27 @@ class TopologyConfig:
             raise ConfigError(
                 f"'references' is for aggregators; a {kind} reads every candidate", path=f"{path}.references"
             )
-        only = {"extractor": "vote", "on_no_answer": "vote", "min_scores": "best_of_n"}
+        only = {
+            "extractor": "vote",
+            "on_no_answer": "vote",
+            "weight": "vote",
+            "confidence": "vote",
+            "min_scores": "best_of_n",
+            "drafting": "proposer",
+        }
         for key, owner in only.items():
             if getattr(spec, key) is not None and kind != owner:
                 raise ConfigError(f"'{key}' goes with type {owner}, not {kind}", path=f"{path}.{key}")
+        if spec.filter is not None and kind not in _READERS:
+            raise ConfigError(
+                f"'filter' keeps the most confident candidates an agent reads; a {kind} reads none",
+                path=f"{path}.filter",
+            )
+        if spec.confidence is not None and spec.weight != "confidence":
+            raise ConfigError(
+                "'confidence' scores the votes of 'weight: confidence'; set it, or drop 'confidence'",
+                path=f"{path}.confidence",
+            )
         if kind == "vote":
             for key in ("engine", "template", "lora", "shuffle"):
                 if getattr(spec, key) is not None:
@@ -317,3 +413,5 @@ def _structure_stop(value: Any, _: Any) -> tuple[str, ...]:
 converter.register_structure_hook_func(lambda t: t == list[str] | LayerConfig, _structure_layer)
 converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_stop)
 config_class("sampling")(SamplingParams)
+config_class("a confidence", typed=False)(Confidence)
+config_class("an online stop")(OnlineStop)

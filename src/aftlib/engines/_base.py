@@ -58,7 +58,7 @@ class Engine(anyio.abc.AsyncResource):
     async def _whole(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         completion = await self.generate(request)
         for sample in completion.samples:
-            yield Delta(sample.index, sample.text)
+            yield Delta(sample.index, sample.text, sample.logprobs or ())
         yield completion
 
     @property

@@ -363,7 +363,8 @@ class CachingEngine(WrapperEngine):
             self.hits += len(cached)
             self.reused_tokens += sum(e.sample.completion_tokens for e in cached.values())
             for index in sorted(cached):
-                await send.send(Delta(index, cached[index].sample.text))
+                sample = cached[index].sample
+                await send.send(Delta(index, sample.text, sample.logprobs or ()))
             missing = [i for i in range(n) if i not in cached]
             fresh: list[Sample] = []
             used = Usage()
@@ -374,7 +375,7 @@ class CachingEngine(WrapperEngine):
                         if isinstance(item, Completion):
                             completion = item
                         elif 0 <= item.index < len(group):
-                            await send.send(Delta(group[item.index], item.text))
+                            await send.send(attrs.evolve(item, index=group[item.index]))
                 if completion is None:
                     raise RuntimeError(f"engine {self.inner.name!r} ended a stream without a completion")
                 fresh += await self._store(base, request, group, completion)

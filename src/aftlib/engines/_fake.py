@@ -233,10 +233,13 @@ class FakeEngine(Engine):
                     yield Delta(0, word)
                     await anyio.lowlevel.checkpoint()
                 raise self._error(fault)
+            entries = [self._logprobs(request, i, t) or () for i, t in enumerate(texts)]
             for step in range(max((len(p) for p in pieces), default=0)):
                 for index, words in enumerate(pieces):
-                    if step < len(words):
-                        yield Delta(index, words[step])
+                    if step < len(words):  # the last word carries any entries left over
+                        last = step == len(words) - 1
+                        got = entries[index][step:] if last else entries[index][step : step + 1]
+                        yield Delta(index, words[step], got)
                 await anyio.lowlevel.checkpoint()
             yield self._completion(request, texts)
         finally:

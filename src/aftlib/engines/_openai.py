@@ -28,6 +28,12 @@ from ._base import Engine, EngineStream, StreamItem, collect
 __all__ = ("OpenAIEngine",)
 
 
+def _token_logprob(entry: Any) -> TokenLogprob:
+    """One token's entry of a streamed chunk's ``logprobs.content``."""
+    top = [(t.token, t.logprob) for t in entry.top_logprobs or ()]
+    return TokenLogprob(entry.token, entry.logprob, top)
+
+
 def _import_openai() -> Any:
     try:
         import openai
@@ -300,14 +306,14 @@ class OpenAIEngine(Engine):
                         if choice.finish_reason is not None:
                             reasons[index] = choice.finish_reason
                         content = getattr(getattr(choice, "logprobs", None), "content", None)
-                        for entry in content or ():
-                            top = [(t.token, t.logprob) for t in entry.top_logprobs or ()]
-                            logprobs[index].append(TokenLogprob(entry.token, entry.logprob, top))
+                        new = [_token_logprob(entry) for entry in content or ()]
+                        logprobs[index] += new
                         text = choice.delta.content if choice.delta is not None else None
                         if text:
                             texts[index].append(text)
                             chunks[index] += 1
-                            yield Delta(first_index + index, text)
+                        if text or new:
+                            yield Delta(first_index + index, text or "", new)
                     if chunk.usage is not None:
                         details = getattr(chunk.usage, "prompt_tokens_details", None)
                         cached = getattr(details, "cached_tokens", None) or 0

@@ -448,12 +448,13 @@ class VLLMEngine(Engine):
                     cached = output.num_cached_tokens or cached
                     for sample in output.outputs:
                         tokens[sample.index] += len(sample.token_ids)
-                        logprobs[sample.index] += _logprobs(sample.token_ids, sample.logprobs, k) or ()
+                        new = _logprobs(sample.token_ids, sample.logprobs, k) or ()
+                        logprobs[sample.index] += new
                         if sample.finish_reason is not None:
                             reasons[sample.index] = sample.finish_reason
-                        if sample.text:
+                        if sample.text or new:
                             texts[sample.index].append(sample.text)
-                            yield Delta(sample.index, sample.text)
+                            yield Delta(sample.index, sample.text, new)
         except Exception as exc:
             raise EngineError(f"engine {self.name!r} failed: {exc!r}") from exc
         samples = tuple(

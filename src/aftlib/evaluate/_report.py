@@ -50,6 +50,7 @@ def result_rows(results: Sequence[CellResult], axes: Sequence[str]) -> list[dict
             cost_per_record=r.cost_per_record,
             generated_tokens=r.generated_tokens,
             reused_tokens=r.reused_tokens,
+            saved_tokens_per_record=r.saved_tokens_per_record,
             pareto=r.cell.id in front,
             status=r.status,
             error=r.error or "",
@@ -74,8 +75,8 @@ def markdown_table(results: Sequence[CellResult], axes: Sequence[str]) -> str:
     """The results as a Markdown table: axis values, the metric with its standard error, the costs."""
     rows = result_rows(results, axes)
     metric = next((r["metric"] for r in rows if r["metric"]), "value")
-    head = ["cell", *axes, f"{metric} ± se", "n", "tokens/record", "completion/record", "cost/record"]
-    head += ["generated", "reused", "pareto", "status"]
+    head = ["cell", *axes, f"{metric} ± se", "n", "tokens/record", "completion/record", "saved/record"]
+    head += ["cost/record", "generated", "reused", "pareto", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for row in rows:
         quality = _number(row["value"], 4)
@@ -84,7 +85,8 @@ def markdown_table(results: Sequence[CellResult], axes: Sequence[str]) -> str:
         status = row["status"] + (f": {row['error']}" if row["error"] else "")
         cost = "" if row["cost_per_record"] is None else f"{row['cost_per_record']:.6g}"
         cells = [row["cell"], *(_number(row[a]) for a in axes), quality, _number(row["n"])]
-        cells += [_number(row["tokens_per_record"], 1), _number(row["completion_tokens_per_record"], 1), cost]
+        cells += [_number(row["tokens_per_record"], 1), _number(row["completion_tokens_per_record"], 1)]
+        cells += [_number(row["saved_tokens_per_record"], 1), cost]
         cells += [
             _number(row["generated_tokens"]),
             _number(row["reused_tokens"]),

@@ -249,6 +249,9 @@ class CellResult:
             generated), or None without prices.
         generated_tokens: Completion tokens the engines generated for this cell.
         reused_tokens: Completion tokens served from the cache for this cell.
+        saved_tokens_per_record: Mean completion tokens per record that drafting did not generate
+            (stopped for low confidence, or not drawn once the drafts agreed; an estimate, see
+            :attr:`Usage.saved_tokens <aftlib.Usage.saved_tokens>`).
         summary: The judge's summary.
     """
 
@@ -265,6 +268,7 @@ class CellResult:
     cost_per_record: float | None = None
     generated_tokens: int = 0
     reused_tokens: int = 0
+    saved_tokens_per_record: float | None = None
     summary: Mapping[str, Any] = field(factory=dict, eq=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -802,7 +806,14 @@ def _add_usage(path: Path, summary: RunSummary) -> None:
     for name, used in summary.usage_report.engines.items():
         into = total["engines"].setdefault(name, {})
         usage = used.to_json()
-        for key in ("prompt_tokens", "completion_tokens", "cached_tokens", "reused_tokens", "requests"):
+        for key in (
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "reused_tokens",
+            "saved_tokens",
+            "requests",
+        ):
             into[key] = into.get(key, 0) + int(usage.get(key, 0))
     write_json_atomic(path, total)
 
@@ -846,13 +857,14 @@ def _result(
     error = summary.metrics.get("standard_error")
     if error is None and name is not None:  # a judge that gives no standard error: the items' scores'
         _, error = mean_and_standard_error([j.score for j in judgments if j.score is not None])
-    records = prompt = completion = reused = 0
+    records = prompt = completion = reused = saved = 0
     for _, line in run_journal(answers, "jsonl").done():
         u = line.get("usage") or {}
         records += 1
         prompt += int(u.get("prompt_tokens", 0))
         completion += int(u.get("completion_tokens", 0))
         reused += int(u.get("reused_tokens", 0))
+        saved += int(u.get("saved_tokens", 0))
     per = (lambda x: x / records) if records else (lambda x: None)
     return CellResult(
         cell,
@@ -867,5 +879,6 @@ def _result(
         cost_per_record=_standalone_cost(usage, topology, prices),
         generated_tokens=completion,
         reused_tokens=reused,
+        saved_tokens_per_record=per(saved),
         summary=summary.to_json(),
     )

@@ -478,7 +478,8 @@ def _input_file(parts: Sequence[_Part], given: Path | None) -> Path:
 
 def _sum_usage(usages: Iterable[Any]) -> dict[str, Any]:
     total: dict[str, Any] = dict.fromkeys(
-        ("prompt_tokens", "completion_tokens", "cached_tokens", "requests", "reused_tokens"), 0
+        ("prompt_tokens", "completion_tokens", "cached_tokens", "requests", "reused_tokens", "saved_tokens"),
+        0,
     )
     cost: float | None = 0.0
     for usage in usages:

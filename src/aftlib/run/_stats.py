@@ -92,6 +92,7 @@ class RunSummary:
             },
             "elapsed": round(self.elapsed, 3),
             **self.usage_report.to_json(),
+            "tokens": {"saved": self.usage.saved_tokens},
             "latency": self.latency.to_json(),
             "throughput": {
                 "records_per_s": self.throughput.records_per_s,

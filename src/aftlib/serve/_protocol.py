@@ -236,6 +236,7 @@ def _usage_counts(usage: Usage) -> dict[str, int]:
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "cached_tokens": usage.cached_tokens,
+        "saved_tokens": usage.saved_tokens,
     }
 
 
@@ -248,13 +249,18 @@ def layer_usages(result: Result) -> list[tuple[int, Usage]]:
 
 
 def usage_body(result: Result) -> dict[str, Any]:
-    """The OpenAI ``usage`` object of a whole run, with the per-layer breakdown in ``aftlib_layers``."""
+    """The OpenAI ``usage`` object of a whole run, with the per-layer breakdown in ``aftlib_layers``.
+
+    ``aftlib_saved_tokens`` estimates the completion tokens drafting did not generate (online stopping,
+    adaptive sampling; :attr:`Usage.saved_tokens <aftlib.Usage.saved_tokens>`).
+    """
     usage = result.usage
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
         "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "aftlib_saved_tokens": usage.saved_tokens,
         "aftlib_layers": [{"layer": index, **_usage_counts(u)} for index, u in layer_usages(result)],
     }
 
