@@ -1,5 +1,8 @@
-"""Confidence-aware drafting: confidences on candidates, weighted and filtered votes, online stopping,
-adaptive sampling and the token budget, on FakeEngine with scripted log probabilities."""
+"""Confidence-aware drafting on FakeEngine with scripted log probabilities.
+
+Confidences on candidates, weighted and filtered votes, online stopping, adaptive sampling, the token
+budget, topology files, sweeps, summaries and served usage.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import yaml
 
 from aftlib import (
     Aggregator,
-    Runner,
     ChatRequest,
     Confidence,
     ConfidenceFilter,
@@ -22,6 +24,7 @@ from aftlib import (
     Drafts,
     OnlineStop,
     Proposer,
+    Runner,
     SamplingParams,
     TokenConfidences,
     TokenLogprob,
@@ -102,9 +105,8 @@ async def test_confidence_weighted_vote_outweighs_a_less_confident_majority() ->
     assert engine.requests[1].sampling.logprobs == 20
     assert proposer.sampling.logprobs is None  # the user's agent is left as it was
     drafts = weighted.layers[0].candidates
-    assert drafts[0].confidence is not None and drafts[0].confidence.tokens[0] == pytest.approx(
-        SURE_CONFIDENCE
-    )
+    assert drafts[0].confidence is not None
+    assert drafts[0].confidence.tokens[0] == pytest.approx(SURE_CONFIDENCE)
 
 
 async def test_filter_lets_the_aggregator_read_only_the_most_confident() -> None:
@@ -118,7 +120,8 @@ async def test_filter_lets_the_aggregator_read_only_the_most_confident() -> None
     result = await topology.run("q")
     (request,) = answers.requests
     prompt = "\n".join(m.content for m in request.messages)
-    assert prompt.count(SURE) == 2 and UNSURE not in prompt
+    assert prompt.count(SURE) == 2
+    assert UNSURE not in prompt
     assert result.answer.read == (1, 4)
 
 
@@ -133,7 +136,8 @@ def test_confidence_needs_an_engine_with_logprobs_and_a_model_written_candidate(
     plain = NoLogprobs(name="plain")
     with pytest.raises(ConfigError, match="engine 'plain'") as info:
         Topology([Proposer(plain, name="draft")], Vote(weight="confidence"))
-    assert "agent 'draft'" in info.value.message and info.value.path == "layers[0]"
+    assert "agent 'draft'" in info.value.message
+    assert info.value.path == "layers[0]"
     engine = FakeEngine()
     with pytest.raises(ConfigError, match="a Select gives none"):
         Topology(
@@ -196,8 +200,11 @@ async def test_consensus_stops_drawing_once_the_drafts_agree() -> None:
 
 
 async def test_budget_bounds_the_drafts_tokens_and_goes_on_with_what_fits() -> None:
-    """A budget of 45 tokens, drafts of at most 20 (each writes 9): two start, and the tokens the first
-    two did not use pay for a third; the drafts stay within the budget and the vote answers."""
+    """A budget of 45 tokens, drafts of at most 20 (each writes 9): two start, then one more.
+
+    The tokens the first two did not use pay for a third; the drafts stay within the budget and the vote
+    answers.
+    """
     engine = _by_index("s")
     topology = Topology([Proposer(engine, sampling=SamplingParams(n=8, max_tokens=20))], Vote(), budget=45)
     assert isinstance(topology.layers[0].agents[0], Drafts)
@@ -272,7 +279,7 @@ def _file(tmp_path: Path, **changes: Any) -> Path:
 
 
 async def test_topology_files_set_every_confidence_strategy(tmp_path: Path) -> None:
-    """weight: confidence, filter, drafting (stop, consensus, wave) and budget build the documented objects."""
+    """weight: confidence, filter, drafting (stop, consensus, wave) and budget build their objects."""
     file = _file(
         tmp_path,
         **{
@@ -289,13 +296,17 @@ async def test_topology_files_set_every_confidence_strategy(tmp_path: Path) -> N
     )
     topology = load(file)
     (drafts,) = topology.layers[0].agents
-    assert isinstance(drafts, Drafts) and drafts.wave == 2
+    assert isinstance(drafts, Drafts)
+    assert drafts.wave == 2
     assert drafts.stop == OnlineStop(warmup=2, keep=0.5, window=4)
-    assert drafts.consensus is not None and drafts.consensus.agreement == 0.8
+    assert drafts.consensus is not None
+    assert drafts.consensus.agreement == 0.8
     assert drafts.agent.sampling.logprobs == 20
     final = topology.final
-    assert isinstance(final, ConfidenceFilter) and final.confidence == Confidence("mean")
-    assert isinstance(final.agent, Vote) and final.agent.confidence == Confidence("tail", tail=4)
+    assert isinstance(final, ConfidenceFilter)
+    assert final.confidence == Confidence("mean")
+    assert isinstance(final.agent, Vote)
+    assert final.agent.confidence == Confidence("tail", tail=4)
     assert topology.budget == 60
     result = await topology.run("q")
     assert result.usage.completion_tokens <= 60
@@ -355,8 +366,7 @@ async def test_saved_tokens_reach_the_served_usage() -> None:
 
 
 async def test_run_summary_reports_saved_tokens_and_traces_carry_confidence(tmp_path: Path) -> None:
-    """OUT.summary.json has tokens.saved (the drafts' estimate, 0 without early stops); traces record
-    each draft's confidence metrics."""
+    """OUT.summary.json has tokens.saved (0 without early stops); traces record drafts' confidences."""
     prompts = tmp_path / "in.jsonl"
     prompts.write_text("".join(json.dumps({"id": i, "prompt": f"q{i}"}) + "\n" for i in range(3)))
     engine = _by_index("su")
@@ -376,9 +386,11 @@ async def test_run_summary_reports_saved_tokens_and_traces_carry_confidence(tmp_
 
 
 async def test_sweeps_compare_confidence_strategies_and_name_bad_settings(tmp_path: Path) -> None:
-    """A sweep's variants switch drafting and vote weighting: every cell runs, adaptive sampling saves
-    tokens in the table, drafts are shared through the cache; a bad weight fails its cell at its key path,
-    and a variant naming no key is refused at load with its key path."""
+    """A sweep's variants switch drafting and vote weighting; bad settings are named by key path.
+
+    Every good cell runs and adaptive sampling's saved tokens reach the table; a bad weight fails its cell
+    at its key path, and a variant naming no key is refused at load with its key path.
+    """
     from aftlib.evaluate import Sweep
 
     _file(tmp_path, **{"agents.draft.drafting": {}, "agents.draft.sampling": {"n": 6, "seed": 0}})
@@ -410,7 +422,8 @@ async def test_sweeps_compare_confidence_strategies_and_name_bad_settings(tmp_pa
     report = await sweep.run(tmp_path / "out")
     by_name = {r.cell.values["variant"]: r for r in report.results}
     assert [by_name[v].status for v in ("vote", "weighted", "adaptive")] == ["done"] * 3
-    assert by_name["bad"].status == "failed" and "agents.vote.weight" in (by_name["bad"].error or "")
+    assert by_name["bad"].status == "failed"
+    assert "agents.vote.weight" in (by_name["bad"].error or "")
     assert by_name["vote"].saved_tokens_per_record == 0
     assert (by_name["adaptive"].saved_tokens_per_record or 0) > 0
     assert (by_name["vote"].value, by_name["weighted"].value) == (0.0, 1.0)  # two sure 7s outweigh four 9s
@@ -420,3 +433,26 @@ async def test_sweeps_compare_confidence_strategies_and_name_bad_settings(tmp_pa
     with pytest.raises(ConfigError, match="unknown key 'stopp'") as info:
         Sweep.load(sweep_file)
     assert info.value.path == "variants.bad.agents.draft.drafting.stopp"
+
+
+async def test_drafts_served_from_a_cache_count_as_drafted(tmp_path: Path) -> None:
+    """Seeded drafts replayed by a CachingEngine agree and fill a budget as the generated ones did.
+
+    The saved tokens and the drafts the budget admits are the same on the second run, all reused.
+    """
+    from aftlib.engines import CachingEngine
+
+    engine = CachingEngine(_by_index("s"), tmp_path / "cache")
+    proposer = Proposer(engine, sampling=SamplingParams(n=8, max_tokens=20, seed=0))
+    adaptive = Drafts(proposer, consensus=Consensus(agreement=1.0, min_drafts=2), wave=1)
+    runs = []
+    for _ in range(2):
+        async with engine:
+            runs.append((await Topology([adaptive], Vote()).run("q")).usage)
+            runs.append((await Topology([proposer], Vote(), budget=45).run("q")).usage)
+    (first_adaptive, first_budget, adaptive_again, budget_again) = runs
+    assert first_adaptive.saved_tokens == adaptive_again.saved_tokens == 6 * WORDS
+    assert adaptive_again.completion_tokens == 0
+    assert adaptive_again.reused_tokens == 2 * WORDS
+    assert first_budget.requests == budget_again.requests == 3
+    assert budget_again.reused_tokens == 3 * WORDS

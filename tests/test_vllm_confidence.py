@@ -1,4 +1,4 @@
-"""Online stopping on the real vLLM CPU engine: a stopped draft's request is aborted, its tokens counted once."""
+"""Online stopping on the real vLLM CPU engine: a stopped draft is aborted, its tokens counted once."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ async def test_a_stopped_draft_is_aborted_in_vllm_and_its_tokens_counted_once(
         if low is not None and high is not None and low < high and len(whole[0][1].tokens) > WINDOW:
             threshold = (low + high) / 2
             stop = _stop_at(whole[0][1], threshold)
-            assert stop is not None and _stop_at(whole[1][1], threshold) is None
+            assert stop is not None
+            assert _stop_at(whole[1][1], threshold) is None
             chosen = (seed, threshold, stop, whole[1][0])
             break
     assert chosen is not None, "no seed gave a draft above another's lowest group"

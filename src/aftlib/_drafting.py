@@ -194,9 +194,16 @@ class _Draft:
 
     @property
     def generated(self) -> int:
-        """Tokens it generated (counted from the stream when it did not finish)."""
+        """Tokens the engine generated for it (counted from the stream when it did not finish)."""
         if self.completion is not None:
             return self.completion.usage.completion_tokens
+        return self.length
+
+    @property
+    def length(self) -> int:
+        """Its length in tokens, generated or served from a cache."""
+        if self.completion is not None:
+            return sum(s.completion_tokens for s in self.completion.samples)
         return max(len(self.entries), self.deltas)
 
 
@@ -346,7 +353,7 @@ class Drafts(Agent):
             finally:
                 running.discard(draft.index)
                 if meter is not None:
-                    meter.settle(sampling.max_tokens, draft.generated)
+                    meter.settle(sampling.max_tokens, draft.length)
             done = finished()
             if threshold is None and warmup and len(done) >= warmup:
                 threshold = stop.calibrate([_confidences(d) for d in done[:warmup]])  # type: ignore[union-attr]
@@ -408,8 +415,8 @@ class Drafts(Agent):
                 if threshold is not None
                 else f"agent {self.name!r} of layer {layer}: no draft finished"
             )
-        mean = sum(d.generated for d in done) / len(done)
-        saved = sum(max(mean - d.generated, 0.0) for d in drafts if not d.finished)
+        mean = sum(d.length for d in done) / len(done)
+        saved = sum(max(mean - d.length, 0.0) for d in drafts if not d.finished)
         saved += (total - len(drafts)) * mean
         prompt = next(d.completion.usage.prompt_tokens for d in done if d.completion is not None)
         usage = Usage(
