@@ -456,3 +456,17 @@ async def test_drafts_served_from_a_cache_count_as_drafted(tmp_path: Path) -> No
     assert adaptive_again.reused_tokens == 2 * WORDS
     assert first_budget.requests == budget_again.requests == 3
     assert budget_again.reused_tokens == 3 * WORDS
+
+
+async def test_a_budget_shared_by_two_proposers_goes_on_with_the_drafts_that_fit() -> None:
+    """Two proposers share one run's budget of one draft: one draft is drawn, the other agent gives none.
+
+    The layer goes on with the one draft: an agent left no budget is not a failure.
+    """
+    engine = _by_index("s")
+    one, two = (Proposer(engine, sampling=SamplingParams(n=4, max_tokens=20), name=n) for n in ("a", "b"))
+    result = await Topology([[one, two]], Vote(), budget=20).run("q")
+    assert len(result.layers[0].candidates) == 1
+    assert result.layers[0].failures == ()
+    assert len(engine.requests) == 1
+    assert result.answer.details["answer"] == "7"

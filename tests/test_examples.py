@@ -81,3 +81,18 @@ def test_ray_dataset_example_dry_run_writes_json_lines(tmp_path: Path) -> None:
     assert "records: 8, done: 8, failed: 0" in done.stdout
     lines = [line for path in folder.glob("*.json") for line in path.read_text("utf-8").splitlines()]
     assert sorted(json.loads(line)["id"] for line in lines) == [f"sample-{i}" for i in range(1, 9)]
+
+
+def test_confidence_drafting_example_dry_run() -> None:
+    """examples/confidence_drafting.py --dry-run: three methods answer; adaptive sampling saves tokens."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "confidence_drafting.py"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    methods = ("vote", "adaptive")
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if line.startswith(methods))
+    assert lines["vote@8"].endswith(" 0 saved")
+    assert not lines["adaptive (waves of 2 until 2 agree)"].endswith(" 0 saved")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -35,12 +35,12 @@ import attrs
 from attrs import define, evolve, field, frozen
 
 from ._agents import Agent, Emit, ModelAgent
-from ._confidence import Confidence, TokenConfidences, quantile
+from ._confidence import Confidence, TokenConfidences, quantile, token_confidence
 from ._errors import ConfigError, EngineError
 from ._extract import AnswerExtractor
 from ._logging import context, get_logger
 from ._results import Candidate, CandidateDone, TokenDelta
-from ._types import ChatRequest, Completion, Delta, Message, Sample, Usage
+from ._types import ChatRequest, Completion, Cut, Delta, Message, Sample, TokenLogprob, Usage
 from ._util import unwrap_group
 from .engines._base import Engine
 
@@ -182,7 +182,7 @@ class _Draft:
     index: int
     request: ChatRequest
     texts: list[str] = field(factory=list)
-    entries: list[Any] = field(factory=list)
+    entries: list[TokenLogprob] = field(factory=list)
     deltas: int = 0
     completion: Completion | None = None
     stopped: bool = False
@@ -206,6 +206,14 @@ class _Draft:
             return sum(s.completion_tokens for s in self.completion.samples)
         return max(len(self.entries), self.deltas)
 
+    def confidences(self) -> TokenConfidences:
+        """Its token confidences: from the finished sample, else from what streamed."""
+        if self.completion is not None:
+            (sample,) = self.completion.samples
+            if sample.logprobs is not None:
+                return TokenConfidences.of(sample.logprobs)
+        return TokenConfidences.of(self.entries)
+
 
 def _check_agent(_: object, __: object, agent: ModelAgent) -> None:
     if not isinstance(agent, ModelAgent) or agent.reads_references:
@@ -220,7 +228,9 @@ class Drafts(Agent):
     """A proposer's ``n`` drafts drawn one request each, stopped or skipped when they are not needed.
 
     See the module's description for online stopping, adaptive sampling and the token budget. Without
-    ``stop`` and ``consensus`` it draws every draft at once, ``wave`` at a time if given.
+    ``stop`` and ``consensus`` it draws every draft at once, ``wave`` at a time if given. Its candidates
+    are the drafts that finished, by draft index (a stopped draft's index is missing); the deltas of a
+    draft that is stopped or cancelled have streamed already, and no ``CandidateDone`` follows them.
 
     Attributes:
         agent: The proposer; its ``sampling.n`` is the most drafts, its ``seed`` (random per run when
@@ -315,7 +325,7 @@ class Drafts(Agent):
         return candidates, completion
 
     async def _draw(
-        self, request: ChatRequest, cuts: Any, *, layer: int, emit: Emit | None, is_answer: bool
+        self, request: ChatRequest, cuts: tuple[Cut, ...], *, layer: int, emit: Emit | None, is_answer: bool
     ) -> tuple[tuple[Candidate, ...], Completion]:
         log = get_logger(__name__)
         sampling = request.sampling
@@ -327,13 +337,13 @@ class Drafts(Agent):
         limit = self.wave or total
         drafts: list[_Draft] = []
         running: set[int] = set()
-        state = {"done": False}
+        agreed = False
 
         def finished() -> list[_Draft]:
             return [d for d in drafts if d.finished]
 
         def launch(group: anyio.abc.TaskGroup) -> None:
-            while not state["done"] and len(drafts) < total and len(running) < limit:
+            while not agreed and len(drafts) < total and len(running) < limit:
                 if threshold is None and warmup and len(drafts) >= warmup:
                     break  # the threshold waits for the warm-up drafts
                 if meter is not None and not meter.reserve(sampling.max_tokens):
@@ -347,7 +357,7 @@ class Drafts(Agent):
                 group.start_soon(draw, draft, group)
 
         async def draw(draft: _Draft, group: anyio.abc.TaskGroup) -> None:
-            nonlocal threshold
+            nonlocal threshold, agreed
             try:
                 await self._stream(draft, threshold, layer=layer, emit=emit, is_answer=is_answer)
             finally:
@@ -355,11 +365,11 @@ class Drafts(Agent):
                 if meter is not None:
                     meter.settle(sampling.max_tokens, draft.length)
             done = finished()
-            if threshold is None and warmup and len(done) >= warmup:
-                threshold = stop.calibrate([_confidences(d) for d in done[:warmup]])  # type: ignore[union-attr]
+            if threshold is None and stop is not None and warmup and len(done) >= warmup:
+                threshold = stop.calibrate([d.confidences() for d in done[:warmup]])
                 log.debug("threshold calibrated", threshold=round(threshold, 4))
             if self.consensus is not None and self.consensus.reached(["".join(d.texts) for d in done]):
-                state["done"] = True
+                agreed = True
                 for other in drafts:
                     if other.index in running:
                         other.scope.cancel()  # not needed: the drafts agree
@@ -376,7 +386,7 @@ class Drafts(Agent):
     ) -> None:
         """Stream one draft; leave the stream (aborting the request) when its confidence falls too low."""
         window = 0 if self.stop is None else self.stop.window
-        recent: list[float] = []
+        recent: deque[float] = deque()
         total = 0.0
         with draft.scope:
             async with self.agent.engine.stream(draft.request) as items:
@@ -392,11 +402,11 @@ class Drafts(Agent):
                         draft.entries.append(entry)
                         if threshold is None:
                             continue
-                        confidence = TokenConfidences.of((entry,)).tokens[0]
+                        confidence = token_confidence(entry)
                         recent.append(confidence)
                         total += confidence
                         if len(recent) > window:
-                            total -= recent.pop(0)
+                            total -= recent.popleft()
                         if len(recent) == window and total / window < threshold:
                             draft.stopped = True
                             break
@@ -404,10 +414,13 @@ class Drafts(Agent):
                         break  # leaving the stream aborts the request in the engine
 
     def _outcome(
-        self, drafts: list[_Draft], total: int, threshold: float | None, cuts: Any, *, layer: int
+        self, drafts: list[_Draft], total: int, threshold: float | None, cuts: tuple[Cut, ...], *, layer: int
     ) -> tuple[tuple[Candidate, ...], Completion]:
         done = [d for d in drafts if d.finished]
         stopped = sum(d.stopped for d in drafts)
+        if not drafts:  # the run's budget went to other agents' drafts: nothing to give, nothing lost
+            get_logger(__name__).info("no draft: the budget is spent")
+            return (), Completion(())
         if not done:
             raise NoDraftsError(
                 f"agent {self.name!r} of layer {layer}: every one of its {len(drafts)} drafts fell below the "
@@ -458,7 +471,3 @@ class Drafts(Agent):
             )
         get_logger(__name__).debug("drafts", **details["drafting"], saved_tokens=usage.saved_tokens)
         return tuple(candidates), Completion(samples, usage)
-
-
-def _confidences(draft: _Draft) -> TokenConfidences:
-    return TokenConfidences.of(draft.entries)

@@ -345,13 +345,14 @@ def _execute(
 
 def _summary(summary: RunSummary, timings: dict[str, float]) -> str:
     u = summary.usage
+    saved = f", about {u.saved_tokens:,} saved by drafting" if u.saved_tokens else ""
     lines = [
         f"run {summary.run_id}" + (" (interrupted)" if summary.interrupted else ""),
         f"records: {summary.records} read, {summary.done} done, {summary.resumed} already done, "
         f"{summary.failed} failed, {summary.bad} bad lines",
         f"tokens: {u.prompt_tokens:,} prompt ({u.cached_tokens:,} cached), "
         f"{u.completion_tokens:,} completion generated, {u.reused_tokens:,} reused from the cache, "
-        f"{u.requests:,} requests",
+        f"{u.requests:,} requests{saved}",
     ]
     for layer in summary.usage_report.layers:
         agents = ", ".join(
