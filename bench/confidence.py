@@ -6,8 +6,9 @@ real vLLM CPU engine with the shipped ``aft`` and ``base`` models. Every draftin
 request per draft (:class:`aftlib.Drafts`), so draft ``i`` of a problem is the same text in every cell
 that draws it (the sweep's cache shares them: common random numbers), and a method that draws fewer
 drafts reads a prefix of vote@8's. Writes ``results.md`` (the sweep's table with accuracy, standard
-error, tokens and saved tokens per problem, and each cell's paired difference from vote@8 of the same
-model), the sweep's CSV and plots, and ``confidence.json``.
+error, tokens and saved tokens per problem, and each cell's paired difference from its baseline: vote@8
+of the same model, or for the aggregation rows aggregation of every draft the row could draw), the
+sweep's CSV and plots, and ``confidence.json``.
 
     python bench/confidence.py                        # 500 test problems, into bench_out/confidence
     python bench/confidence.py --problems 100 --output bench_out/conf
@@ -46,6 +47,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "AFT + aggregation of 8": {"layers": [["aft_all"]], "final": "aggregate"},
     "AFT + aggregation of the top 50 %": {"layers": [["aft_all"]], "final": "aggregate_filtered"},
     "AFT + aggregation, adaptive drafts": {"layers": [["aft_adaptive"]], "final": "aggregate"},
+    "AFT + aggregation of 5 (as trained)": {"layers": [["aft_five"]], "final": "aggregate"},
+    "AFT + aggregation, adaptive drafts (at most 5)": {
+        "layers": [["aft_adaptive_five"]],
+        "final": "aggregate",
+    },
     "base, vote@8": {"layers": [["base_all"]], "final": "vote"},
     "base, confidence-weighted vote@8 (mean logprob)": {"layers": [["base_all"]], "final": "vote_logprob"},
     "base, online stop (warm-up 3, keep 90 %)": {"layers": [["base_stop_high"]], "final": "vote"},
@@ -53,8 +59,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 """The rows: each a topology over the base file's agents."""
 
-BASELINE = {"AFT": "AFT, vote@8", "base": "base, vote@8"}
-"""The cell each row is paired with: vote@8 of the same model."""
+
+def baseline(row: str) -> str:
+    """The row a row is paired with: all the drafts it could draw, aggregated or voted on."""
+    if row == "AFT + aggregation, adaptive drafts (at most 5)":
+        return "AFT + aggregation of 5 (as trained)"
+    if row.startswith("AFT + aggregation"):
+        return "AFT + aggregation of 8"
+    return "AFT, vote@8" if row.startswith("AFT") else "base, vote@8"
 
 
 def topology_file(models: dict[str, Path]) -> dict[str, Any]:
@@ -79,6 +91,9 @@ def topology_file(models: dict[str, Path]) -> dict[str, Any]:
         for model in models
         for name, spec in drafting.items()
     }
+    five = {**DRAFT, "n": 5}  # the drafts the AFT model was trained to aggregate; the first 5 of the 8
+    agents["aft_five"] = {**agents["aft_all"], "sampling": five}
+    agents["aft_adaptive_five"] = {**agents["aft_adaptive"], "sampling": five}
     weighted = {"type": "vote", "on_no_answer": "first", "weight": "confidence"}
     aggregate = {"type": "aggregator", "engine": "aft", "template": "aft_aggregate", "sampling": FINAL}
     agents.update(
@@ -150,18 +165,18 @@ async def main(output: Path, problems: int, seed: int) -> None:
     cells = output / "results" / "cells"
     ids = {str(r.cell.values["variant"]): r.cell.id for r in report.results}
     rows = [
-        "| row | accuracy ± se | vs vote@8 of the same model (paired) ± se | tokens / problem | "
-        "completion / problem | saved / problem | completion vs vote@8 |",
+        "| row | accuracy ± se | vs its baseline (paired) ± se | tokens / problem | "
+        "completion / problem | saved / problem | completion vs its baseline |",
         "|---|---|---|---|---|---|---|",
     ]
     completion = {str(r.cell.values["variant"]): r.completion_tokens_per_record for r in report.results}
     pairs = {}
     for result in report.results:
         name = str(result.cell.values["variant"])
-        baseline = BASELINE[name.split(",")[0].split(" +")[0]]
-        diff, diff_se, _ = paired(cells / result.cell.id, cells / ids[baseline])
-        pairs[name] = {"difference": diff, "standard_error": diff_se, "baseline": baseline}
-        share = (result.completion_tokens_per_record or 0) / (completion[baseline] or math.nan)
+        base = baseline(name)
+        diff, diff_se, _ = paired(cells / result.cell.id, cells / ids[base])
+        pairs[name] = {"difference": diff, "standard_error": diff_se, "baseline": base}
+        share = (result.completion_tokens_per_record or 0) / (completion[base] or math.nan)
         rows.append(
             f"| {name} | {result.value:.3f} ± {result.standard_error:.3f} | {diff:+.3f} ± {diff_se:.3f} "
             f"| {result.tokens_per_record:,.0f} | {result.completion_tokens_per_record:,.0f} "

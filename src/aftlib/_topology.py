@@ -100,7 +100,7 @@ class Layer:
 
     @property
     def expected(self) -> int:
-        """Candidates the layer gives when every agent succeeds."""
+        """The most candidates the layer gives: its agents' samples (a ``Drafts`` may give fewer)."""
         return sum(agent.samples for agent in self.agents)
 
     async def run(

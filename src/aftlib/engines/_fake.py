@@ -98,10 +98,13 @@ class FaultPlan:
 
 
 FaultScript = Callable[[int, ChatRequest], "Fault | None"]
+"""``faults(number, request)`` returns the fault for the engine's request ``number``, or None."""
 
 LogprobScript = Callable[[ChatRequest, int, str], Sequence[TokenLogprob]]
-"""``logprobs(request, index, text)`` gives the log probabilities of sample ``index`` (text ``text``)."""
-"""``faults(number, request)`` returns the fault for the engine's request ``number``, or None."""
+"""``logprobs(request, index, text)`` gives the log probabilities of sample ``index`` (text ``text``).
+
+When the engine streams, each word's delta carries the entry at its position; the last word carries any
+entries left over."""
 
 
 def _words(text: str) -> list[str]:

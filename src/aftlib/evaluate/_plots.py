@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,13 +16,15 @@ if TYPE_CHECKING:
 __all__ = ("plot_quality",)
 
 _AXIS = {"tokens_per_record": "mean tokens per record", "cost_per_record": "mean cost per record"}
+_KEY_WIDTH = 64
 
 
 def plot_quality(results: Sequence[CellResult], cost: str, stem: Path) -> list[Path]:
     """Draw quality against ``cost`` (a :class:`CellResult` field) to ``STEM.png`` and ``STEM.svg``.
 
-    One point per cell that has both, labelled with its axis values, with the standard error as an error
-    bar; the Pareto front (higher quality, lower cost) is marked and joined by a line. Nothing is drawn
+    One numbered point per cell that has both, with the standard error as an error bar, and a key beside
+    the plot naming each number by the cell's axis values; the Pareto front (higher quality, lower cost)
+    is marked and joined by a line. Nothing is drawn
     when no cell has both (a sweep without prices has no cost plot).
 
     Returns:
@@ -42,7 +45,11 @@ def plot_quality(results: Sequence[CellResult], cost: str, stem: Path) -> list[P
         raise MissingExtraError("sweep plots", "eval", "matplotlib") from exc
     front = pareto_front(points)
     metric = next((results[i].metric for i in keep if results[i].metric), "quality")
-    figure, axes = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    # the points are numbered; the key beside the plot names them, however many and however long
+    key = [f"{j + 1:>2}  {textwrap.shorten(results[i].cell.label, _KEY_WIDTH)}" for j, i in enumerate(keep)]
+    figure, (axes, side) = plt.subplots(
+        1, 2, figsize=(11.0, max(5.0, 0.9 + 0.17 * len(key))), dpi=120, width_ratios=(3, 2)
+    )
     try:
         xs = [p[0] for p in points]
         ys = [p[1] for p in points]
@@ -62,18 +69,18 @@ def plot_quality(results: Sequence[CellResult], cost: str, stem: Path) -> list[P
                 label="Pareto front",
             )
         rank = {j: r for r, j in enumerate(sorted(range(len(keep)), key=lambda j: (xs[j], ys[j])))}
-        for j, i in enumerate(keep):
-            # one line per axis, and neighbours (by cost) alternately above and below their points
-            label = results[i].cell.label.replace(" ", "\n")
-            above = rank[j] % 2 == 0
+        for j in range(len(keep)):
+            above = rank[j] % 2 == 0  # neighbours by cost alternately above and below their points
             axes.annotate(
-                label,
+                str(j + 1),
                 (xs[j], ys[j]),
                 textcoords="offset points",
-                xytext=(6, 6 if above else -8),
+                xytext=(5, 5 if above else -6),
                 va="bottom" if above else "top",
-                fontsize=7,
+                fontsize=8,
             )
+        side.axis("off")
+        side.text(0.0, 1.0, "\n".join(key), va="top", ha="left", fontsize=7.5, family="monospace")
         axes.set_xlabel(_AXIS.get(cost, cost))
         axes.set_ylabel(str(metric))
         axes.set_title(f"{metric} against {_AXIS.get(cost, cost)}")
