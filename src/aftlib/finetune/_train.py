@@ -1,7 +1,8 @@
-"""Aggregation fine-tuning with TRL's SFT trainer.
+"""Aggregation fine-tuning with TRL's SFT trainer, or by reinforcement with its GRPO trainer.
 
 :class:`TrainConfig` holds the settings (read from YAML with :meth:`TrainConfig.load`), :func:`train`
-runs TRL's ``SFTTrainer`` over aggregation data and writes a checkpoint that ``VLLMEngine`` serves.
+runs TRL's ``SFTTrainer`` over aggregation data (``method: sft``, the default) or its ``GRPOTrainer``
+over RL records (``method: grpo``, see :mod:`._grpo`) and writes a checkpoint that ``VLLMEngine`` serves.
 
 Each training record is a JSON object with a ``messages`` list whose last turn is the assistant's
 answer (the output of ``aftlib data``). The loss covers that last assistant turn only: the prompt is
@@ -29,7 +30,8 @@ from attrs import define, field, frozen
 from .._errors import ConfigError, InputError, MissingExtraError
 from .._io import iter_json, read_yaml, render_prompt, staged_dir
 from .._logging import get_logger
-from ..config._converter import config_class, structure
+from ..config._converter import at, config_class, structure
+from ._grpo import GrpoSettings, grpo_rows, prompt_text, read_rl_records, reward_functions
 
 __all__ = ("LoraSettings", "LossPoint", "TrainConfig", "TrainResult", "train")
 
@@ -54,6 +56,15 @@ _OWN_ARGUMENTS = {
 }
 # SFTConfig arguments that would change which tokens are trained: the loss is on the answer turn only.
 _LOSS_ARGUMENTS = ("assistant_only_loss", "completion_only_loss", "dataset_text_field", "chat_template_path")
+# GRPOConfig arguments that GrpoSettings sets, and the key to use instead.
+_GRPO_ARGUMENTS = {
+    "num_generations": "grpo.group_size",
+    "beta": "grpo.beta",
+    "max_completion_length": "grpo.max_completion_length",
+    "temperature": "grpo.temperature",
+    "reward_weights": "grpo.format_reward",
+}
+_METHODS = ("sft", "grpo")
 
 
 # --- validators -------------------------------------------------------------------------------------
@@ -148,6 +159,8 @@ def _extra(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     for key in value:
         if key in _OWN_ARGUMENTS:
             raise ConfigError(f"set this with the top-level key {_OWN_ARGUMENTS[key]!r}", path=f"extra.{key}")
+        if key in _GRPO_ARGUMENTS:
+            raise ConfigError(f"set this with the key {_GRPO_ARGUMENTS[key]!r}", path=f"extra.{key}")
         if key in _LOSS_ARGUMENTS:
             raise ConfigError(
                 "aftlib train always puts the loss on the last assistant turn only; this argument would "
@@ -203,6 +216,26 @@ def _lora_settings(value: Any) -> Any:
     return structure(value, LoraSettings, path="lora")
 
 
+def _method(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in _METHODS:
+        raise ConfigError(
+            f"method is 'sft' (supervised) or 'grpo' (reinforcement), got {_kind(value)} {value!r}",
+            path="method",
+        )
+
+
+def _grpo_settings(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        with at("grpo"):
+            return structure(dict(value), GrpoSettings)
+    return value
+
+
+def _grpo_type(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, GrpoSettings):
+        raise ConfigError(f"expected a mapping of GRPO settings, got {_kind(value)} {value!r}", path="grpo")
+
+
 def _lora_type(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and not isinstance(value, LoraSettings):
         raise ConfigError(
@@ -239,8 +272,13 @@ class TrainConfig:
         merge: With LoRA, write the base model with the adapters merged in (served like any model);
             ``False`` writes only the adapter (served on the base model as a LoRA adapter).
         bf16: Mixed precision in bfloat16; ``None`` turns it on when a CUDA GPU supports it.
-        extra: More ``SFTConfig`` arguments (``warmup_steps``, ``lr_scheduler_type``,
-            ``gradient_checkpointing``, ``report_to``, ...), checked against ``SFTConfig``.
+        extra: More ``SFTConfig`` (or ``GRPOConfig``) arguments (``warmup_steps``,
+            ``lr_scheduler_type``, ``gradient_checkpointing``, ``report_to``, ...), checked against it.
+        method: ``"sft"`` (supervised, on ``aftlib data`` examples) or ``"grpo"`` (reinforcement, on
+            ``aftlib data rl`` records; ``batch_size`` then counts completions, a multiple of the group
+            size, and ``max_length`` bounds the prompt).
+        grpo: The GRPO settings (:class:`GrpoSettings`), with ``method: grpo`` only; its defaults when left
+            out.
 
     Raises:
         ConfigError: A value has the wrong type or is out of range; the error names the key.
@@ -261,12 +299,27 @@ class TrainConfig:
     merge: bool = field(default=True, validator=_boolean)
     bf16: bool | None = field(default=None, validator=_optional_boolean)
     extra: dict[str, Any] = field(factory=dict, converter=_as_dict, validator=_extra)
+    method: str = field(default="sft", validator=_method)
+    grpo: GrpoSettings | None = field(default=None, converter=_grpo_settings, validator=_grpo_type)
 
     def __attrs_post_init__(self) -> None:
         if self.lora is None and not self.merge:
             raise ConfigError(
                 "merge: false keeps a LoRA adapter apart, so it needs lora settings", path="merge"
             )
+        if self.grpo is not None and self.method != "grpo":
+            raise ConfigError("'grpo' settings go with method: grpo", path="grpo")
+        if self.method == "grpo" and self.batch_size % self.settings.group_size:
+            raise ConfigError(
+                f"with method: grpo, batch_size counts completions: {self.batch_size} is not a multiple of "
+                f"the group size {self.settings.group_size}",
+                path="batch_size",
+            )
+
+    @property
+    def settings(self) -> GrpoSettings:
+        """The GRPO settings: those given, or the defaults."""
+        return self.grpo if self.grpo is not None else GrpoSettings()
 
     @classmethod
     def from_mapping(cls, data: Any, *, source: str | None = None) -> TrainConfig:
@@ -306,6 +359,7 @@ class LossPoint:
         epoch: Passes over the data so far (fractional).
         loss: The mean loss over the answer tokens since the previous log.
         learning_rate: The learning rate at this step.
+        reward: With GRPO, the mean reward of the completions since the previous log.
     """
 
     step: int
@@ -313,6 +367,7 @@ class LossPoint:
     epoch: float
     loss: float
     learning_rate: float
+    reward: float | None = None
 
 
 Checkpoint = Literal["full", "merged", "adapter"]
@@ -446,15 +501,19 @@ def _import(name: str) -> Any:
 
 
 def _sft_config(config: TrainConfig, output_dir: Path, *, source: str | None = None) -> Any:
-    """TRL's ``SFTConfig`` for ``config``; bad ``extra`` arguments raise ConfigError naming the key."""
+    """TRL's ``SFTConfig`` (or ``GRPOConfig``) for ``config``; a bad ``extra`` argument names its key."""
     trl = _import("trl")
     torch = _import("torch")
-    known = {f.name for f in dataclasses.fields(trl.SFTConfig) if f.init}
+    grpo = config.method == "grpo"
+    kind = trl.GRPOConfig if grpo else trl.SFTConfig
+    known = {f.name for f in dataclasses.fields(kind) if f.init}
     for key in config.extra:
         if key not in known:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown SFTConfig argument {key!r}{hint}", path=f"extra.{key}", source=source)
+            raise ConfigError(
+                f"unknown {kind.__name__} argument {key!r}{hint}", path=f"extra.{key}", source=source
+            )
     cuda = bool(torch.cuda.is_available())
     bf16 = config.bf16 if config.bf16 is not None else cuda and bool(torch.cuda.is_bf16_supported())
     arguments: dict[str, Any] = {
@@ -476,11 +535,23 @@ def _sft_config(config: TrainConfig, output_dir: Path, *, source: str | None = N
         "logging_steps": config.logging_steps,
         "bf16": bf16,
     }
+    if grpo:
+        settings = config.settings
+        del arguments["max_length"]  # bounds the prompts here, checked when they are rendered
+        arguments.update(
+            num_generations=settings.group_size,
+            beta=settings.beta,
+            max_completion_length=settings.max_completion_length,
+            temperature=settings.temperature,
+            reward_weights=reward_functions(settings)[1],
+            use_vllm=False,  # TRL's own generation: its vLLM path needs a GPU
+            use_cpu=not cuda,
+        )
     try:
-        return trl.SFTConfig(**arguments)
+        return kind(**arguments)
     except (TypeError, ValueError) as exc:
-        path = _culprit(trl.SFTConfig, arguments, config)
-        raise ConfigError(f"SFTConfig refused the settings: {exc}", path=path, source=source) from None
+        path = _culprit(kind, arguments, config)
+        raise ConfigError(f"{kind.__name__} refused the settings: {exc}", path=path, source=source) from None
 
 
 def _culprit(sft_config: Any, arguments: dict[str, Any], config: TrainConfig) -> str | None:
@@ -572,6 +643,55 @@ class _Prepared:
     losses: list[LossPoint]
 
 
+def _build_grpo_trainer(
+    config: TrainConfig,
+    workdir: Path,
+    *,
+    on_log: Callable[[LossPoint], None] | None = None,
+    source: str | None = None,
+) -> _Prepared:
+    """Read the RL records, render their aggregation prompts and build TRL's GRPO trainer."""
+    records, no_drafts = read_rl_records(config.data)  # before any model loads: no gold is an error
+    args = _sft_config(config, workdir, source=source)
+    trl = _import("trl")
+    transformers = _import("transformers")
+    datasets = _import("datasets")
+    peft_config = _peft_config(config.lora) if config.lora is not None else None
+    tokenizer = _load_tokenizer(config.model)
+    settings = config.settings
+    rows, used, skipped = [], [], list(no_drafts)
+    for record, row in zip(records, grpo_rows(records, settings, config.seed), strict=True):
+        if len(tokenizer.encode(prompt_text(tokenizer, row), add_special_tokens=False)) > config.max_length:
+            skipped.append(record.where)
+            continue
+        rows.append(row)
+        kind = {True: "easy", False: "hard", None: "unknown"}[record.majority_right]
+        used.append(TrainingRecord(where=record.where, messages=(), kind=kind))
+    if not rows:
+        raise InputError(
+            f"no RL record left: every prompt is longer than max_length ({config.max_length} tokens)",
+            where=", ".join(config.data),
+        )
+    rewards, _ = reward_functions(settings)
+    callback = _LossLog(transformers, on_log)
+    try:
+        trainer = trl.GRPOTrainer(
+            model=config.model,
+            reward_funcs=rewards,
+            args=args,
+            train_dataset=datasets.Dataset.from_list(rows),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[callback.as_callback()],
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot load the model {config.model!r}: {exc}", path="model") from None
+    except ValueError as exc:
+        raise ConfigError(f"TRL refused the settings: {exc}", source=source) from None
+    trainer.remove_callback(transformers.PrinterCallback)
+    return _Prepared(trainer, tokenizer, used, skipped, callback.points)
+
+
 def _build_trainer(
     config: TrainConfig,
     workdir: Path,
@@ -580,6 +700,8 @@ def _build_trainer(
     source: str | None = None,
 ) -> _Prepared:
     """Read and encode the data and build TRL's trainer writing into ``workdir``."""
+    if config.method == "grpo":
+        return _build_grpo_trainer(config, workdir, on_log=on_log, source=source)
     args = _sft_config(config, workdir, source=source)
     trl = _import("trl")
     transformers = _import("transformers")
@@ -639,6 +761,7 @@ class _LossLog:
                         epoch=float(logs.get("epoch", state.epoch or 0.0)),
                         loss=float(logs["loss"]),
                         learning_rate=float(logs.get("learning_rate", 0.0)),
+                        reward=float(logs["reward"]) if "reward" in logs else None,
                     )
                     outer.points.append(point)
                     if outer.on_log is not None:
@@ -721,6 +844,7 @@ def _train(
         steps = int(prepared.trainer.state.global_step)
         summary = {
             "base_model": config.model,
+            "method": config.method,
             "checkpoint": checkpoint,
             "steps": steps,
             "train_loss": float(output.training_loss),
