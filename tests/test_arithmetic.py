@@ -101,7 +101,7 @@ def test_gsm8k_layout_reads_as_a_preference_record(tmp_path: Path) -> None:
 
 def test_unknown_model_name_lists_the_known_ones() -> None:
     """arithmetic_model('x') is a ConfigError that names the shipped models."""
-    with pytest.raises(ConfigError, match="base, aft"):
+    with pytest.raises(ConfigError, match="base, aft, rl"):
         arithmetic_model("x")
 
 
@@ -177,7 +177,8 @@ def test_sweep_variant_with_an_unknown_key_names_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ARITHMETIC_MODELS)
 def test_rebuild_command_builds_what_ships(name: str) -> None:
     """The recipe of ``python -m aftlib.testing.rebuild`` is the one recorded in the shipped model."""
-    from aftlib.testing.rebuild import AFT_RECIPE, BASE_RECIPE
+    from aftlib.testing.rebuild import AFT_RECIPE, BASE_RECIPE, RL_RECIPE
 
+    recipes = {"base": BASE_RECIPE, "aft": AFT_RECIPE, "rl": RL_RECIPE}
     shipped = json.loads((arithmetic_model(name) / "aftlib-recipe.json").read_text())["recipe"]
-    assert shipped == json.loads(json.dumps(BASE_RECIPE if name == "base" else AFT_RECIPE))
+    assert shipped == json.loads(json.dumps(recipes[name]))

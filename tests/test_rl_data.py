@@ -194,3 +194,24 @@ def test_malformed_rl_records_name_their_line(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="list of texts") as info:
         read_rl_records([str(data)])
     assert info.value.where == f"{data}:1"
+
+
+async def test_the_data_rl_command_writes_records_and_a_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`aftlib data rl` writes the balanced records and says what it kept; a missing input is exit 2."""
+    from aftlib.cli import main
+
+    traced, gold = await _traced(tmp_path)
+    out = tmp_path / "rl.jsonl"
+    args = ["data", "rl", "--input", str(traced), "--references", str(gold), "--output", str(out)]
+    assert main([*args, "--easy-share", "0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "RL records: 2 (1 easy, 1 hard; easy share 0.5)" in err
+    assert "before the mix 3 easy, 1 hard" in err
+    assert len(out.read_text().splitlines()) == 2
+    missing = ["data", "rl", "--input", str(tmp_path / "nope.jsonl"), "--references", str(gold)]
+    assert main([*missing, "--output", str(out)]) == 2
+    assert "the input is not a file" in capsys.readouterr().err
+    assert main([*args, "--easy-share", "2"]) == 2
+    assert "easy_share is a share in [0, 1]" in capsys.readouterr().err

@@ -4,8 +4,10 @@
 drafts the proposals with the model to be trained, and ``aftlib data from-trace`` distils the output of
 ``aftlib run --trace``. Each writes the dataset (JSONL of chat ``messages``), its data card
 (``OUT.card.json``) and the skipped records (``OUT.skipped.jsonl``); the commands that generate keep
-their drafts and targets in ``OUT.drafts.jsonl``, so a rerun resumes. One process at a time writes an
-output (the second is refused, exit 2).
+their drafts and targets in ``OUT.drafts.jsonl``, so a rerun resumes. ``aftlib data rl`` turns a traced
+run and gold answers into records for training an aggregator by reinforcement (``aftlib train`` with
+``method: grpo``), with their card. One process at a time writes an output (the second is refused,
+exit 2).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..finetune._card import DataCard, card_path, load_tokenizer, skipped_path, 
 from ..finetune._drafts import drafts_path
 from ..finetune._examples import Example, Skip
 from ..finetune._preference import read_preferences
+from ..finetune._rl_data import RlCard, build_rl_data
 from ..finetune._traces import examples_from_trace
 from ._common import (
     check_output,
@@ -187,6 +190,70 @@ def from_trace(ctx: click.Context, /, log_json: bool, **params: Any) -> int:
     """``aftlib data from-trace``."""
     configure_output(verbosity(ctx), log_json)
     return _handle(_namespace("from-trace", params))
+
+
+@data.command(
+    "rl",
+    short_help="RL records (drafts, gold, majority verdict) from aftlib run --trace.",
+    help="Records for training an aggregator by reinforcement (aftlib train, method: grpo): each problem's "
+    "drafts from a traced run, its gold answer from --references, and whether the drafts' majority was "
+    "right; --easy-share balances problems whose majority was right (easy) and wrong (hard).",
+)
+@input_option(required=True, help="The output of aftlib run --trace on the problems.")
+@click.option(
+    "--references",
+    type=click.Path(path_type=Path),
+    required=True,
+    metavar="FILE",
+    help="Gold answers: JSON lines with 'id' and 'answer' (GSM8K's worked answer, '#### N').",
+)
+@output_option(required=True, help="The RL records to write (JSONL).")
+@click.option(
+    "--easy-share",
+    type=float,
+    default=None,
+    metavar="S",
+    help="Share of easy records, in [0, 1] (AggLM: 0.5); default: every record.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Which surplus records are dropped.")
+@log_json_option
+@verbose_option
+@click.pass_context
+def rl(
+    ctx: click.Context,
+    /,
+    input_path: Path,
+    references: Path,
+    output: Path,
+    easy_share: float | None,
+    seed: int,
+    log_json: bool,
+) -> int:
+    """``aftlib data rl``."""
+    configure_output(verbosity(ctx), log_json)
+    for what, path in (("input", input_path), ("references", references)):
+        if not path.is_file():
+            raise InputError(f"the {what} is not a file", where=str(path))
+    check_output(output)
+    with exclusive_lock(output, what="output"):
+        card = build_rl_data(input_path, references, output, easy_share=easy_share, seed=seed)
+    click.echo(_rl_summary(card), err=True)
+    if card.written == 0:
+        click.echo("aftlib: no RL record was written", err=True)
+        return 1
+    return 0
+
+
+def _rl_summary(card: RlCard) -> str:
+    mix = "every record" if card.easy_share is None else f"easy share {card.easy_share:g}"
+    lines = [
+        f"RL records: {card.written} ({card.easy} easy, {card.hard} hard; {mix}) -> {card.output}",
+        f"records: {card.read} read; before the mix {card.available['easy']} easy, "
+        f"{card.available['hard']} hard; drafts per record {card.drafts[0]} to {card.drafts[1]}",
+    ]
+    lines += [f"  skipped, {reason}: {count}" for reason, count in card.skipped.items()]
+    lines.append(f"data card: {card_path(card.output)}")
+    return "\n".join(lines)
 
 
 def _namespace(command: str, params: dict[str, Any]) -> SimpleNamespace:

@@ -1,8 +1,9 @@
 """The shipped arithmetic models: small Llamas trained here on :func:`arithmetic_problems`.
 
 ``base`` was trained from random weights to answer the AFT proposal request (a system message holding
-one newline, then the problem); ``aft`` is ``base`` after aggregation fine-tuning on its own drafts.
-Both ship inside the package (bf16 safetensors, about 2 MB each) with a model card (``README.md``) and a
+one newline, then the problem); ``aft`` is ``base`` after aggregation fine-tuning on its own drafts;
+``rl`` is ``aft`` after reinforcement learning as an aggregator (GRPO on ``aft``'s drafts). All three
+ship inside the package (bf16 safetensors, about 2 MB each) with a model card (``README.md``) and a
 manifest (``aftlib-model.json``) that records every file's SHA-256, so an altered or incomplete folder
 is refused with a clear error before any engine reads it. ``python -m aftlib.testing.rebuild`` rebuilds
 them from scratch.
@@ -19,9 +20,9 @@ from .._errors import ConfigError
 
 __all__ = ("ARITHMETIC_MODELS", "MANIFEST", "ModelName", "arithmetic_model", "models_dir", "write_manifest")
 
-ModelName = Literal["base", "aft"]
+ModelName = Literal["base", "aft", "rl"]
 
-ARITHMETIC_MODELS: tuple[ModelName, ...] = ("base", "aft")
+ARITHMETIC_MODELS: tuple[ModelName, ...] = ("base", "aft", "rl")
 """The names :func:`arithmetic_model` knows."""
 
 MANIFEST = "aftlib-model.json"
@@ -86,7 +87,8 @@ def arithmetic_model(name: str) -> pathlib.Path:
     folder as they accept any model folder.
 
     Args:
-        name: ``"base"`` (drafts answers) or ``"aft"`` (also aggregates drafts).
+        name: ``"base"`` (drafts answers), ``"aft"`` (also aggregates drafts) or ``"rl"`` (``aft``
+            trained further as an aggregator by reinforcement).
 
     Returns:
         The absolute path of the model folder.

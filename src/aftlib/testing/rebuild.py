@@ -4,13 +4,17 @@ Usage::
 
     python -m aftlib.testing.rebuild base --output arithmetic-base
     python -m aftlib.testing.rebuild aft --base arithmetic-base --output arithmetic-aft
+    python -m aftlib.testing.rebuild rl --aft arithmetic-aft --output arithmetic-rl
 
 ``base`` builds a random 4 x 128 Llama with a tokenizer trained on the task's words (one token per
 digit), writes 100,000 train-split problems as direct examples (the AFT proposal request, then the worked
 answer) and trains every weight with :func:`aftlib.finetune.train`. ``aft`` drafts 5 answers per
 problem with ``base`` on the real vLLM engine (:func:`aftlib.finetune.build_on_policy` with the
 proposal template), takes the gold worked answer as the target, mixes in direct examples, and trains
-``base`` on them. Both write their checkpoint with a model card (``README.md``) and the manifest that
+``base`` on them. ``rl`` drafts 8 answers per problem with ``aft`` (a traced ``aftlib run``), builds RL
+records with the gold answers and AggLM's balanced easy/hard mix (:func:`aftlib.finetune.build_rl_data`)
+and trains ``aft`` further with GRPO (``aftlib train`` with ``method: grpo``), every weight trained. Each
+writes its checkpoint with a model card (``README.md``) and the manifest that
 :func:`aftlib.testing.arithmetic_model` checks. The settings below are the ones the shipped models were
 built with; the work folder keeps the data, its cards and the draft cache, so a rerun resumes the drafts.
 """
@@ -30,7 +34,7 @@ from ._arithmetic import arithmetic_problems, tokenizer_corpus
 from ._models import MANIFEST, write_manifest
 from ._tiny import build_tiny_model
 
-__all__ = ("AFT_RECIPE", "BASE_RECIPE", "main", "rebuild_aft", "rebuild_base")
+__all__ = ("AFT_RECIPE", "BASE_RECIPE", "RL_RECIPE", "main", "rebuild_aft", "rebuild_base", "rebuild_rl")
 
 BASE_RECIPE: dict[str, Any] = {
     "seed": 42,
@@ -65,6 +69,25 @@ AFT_RECIPE: dict[str, Any] = {
 }
 """How ``aft`` is built from ``base``: the problems drafted on, the drafts and the training settings."""
 
+RL_RECIPE: dict[str, Any] = {
+    "seed": 0,
+    "problems": {"count": 3_000, "seed": 3, "split": "train", "steps": 2, "digits": 2},
+    "drafts": {"k": 8, "temperature": 0.7, "top_p": 0.95, "max_tokens": 64, "seed": 0},
+    "easy_share": 0.5,
+    "train": {
+        "method": "grpo",
+        "max_steps": 200,
+        "learning_rate": 2e-4,
+        "batch_size": 64,
+        "gradient_accumulation_steps": 1,
+        "max_length": 1024,
+        "logging_steps": 10,
+        "grpo": {"group_size": 8, "beta": 0.0, "drafts": [3, 6], "max_completion_length": 64},
+        "extra": {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 10},
+    },
+}
+"""How ``rl`` is built from ``aft``: the problems, ``aft``'s drafts, the easy/hard mix and GRPO's settings."""
+
 # Training starts from float32 copies of the bf16 weights; the checkpoint is saved in bf16 again.
 _FLOAT32 = {"model_init_kwargs": {"dtype": "float32"}}
 
@@ -78,14 +101,21 @@ def _train(model: pathlib.Path, data: pathlib.Path, output: pathlib.Path, recipe
 
     settings = dict(recipe["train"])
     settings["extra"] = {**settings["extra"], **_FLOAT32}
-    config = TrainConfig(
-        model=str(model), data=str(data), output_dir=str(output), seed=recipe["seed"], **settings
+    config = TrainConfig.from_mapping(
+        {
+            "model": str(model),
+            "data": str(data),
+            "output_dir": str(output),
+            "seed": recipe["seed"],
+            **settings,
+        }
     )
     started = time.perf_counter()
 
     def on_log(point: Any) -> None:
         elapsed = time.perf_counter() - started
-        _log(f"step {point.step}/{point.max_steps} loss {point.loss:.4f} ({elapsed:.0f}s)")
+        reward = "" if point.reward is None else f" reward {point.reward:.3f}"
+        _log(f"step {point.step}/{point.max_steps} loss {point.loss:.4f}{reward} ({elapsed:.0f}s)")
 
     return train(config, on_log=on_log)
 
@@ -204,23 +234,95 @@ def rebuild_aft(base: pathlib.Path, output: pathlib.Path, workdir: pathlib.Path)
     return output
 
 
+async def _rl_drafts(aft: pathlib.Path, prompts: pathlib.Path, traced: pathlib.Path) -> Any:
+    """``aft``'s drafts of every problem, traced (a resumable run: a rerun drafts what is missing)."""
+    from .._agents import Proposer
+    from .._topology import Topology
+    from .._types import SamplingParams
+    from .._vote import Vote
+    from ..engines import VLLMEngine
+    from ..run import Runner
+
+    drafts = RL_RECIPE["drafts"]
+    sampling = SamplingParams(
+        temperature=drafts["temperature"],
+        top_p=drafts["top_p"],
+        max_tokens=drafts["max_tokens"],
+        n=drafts["k"],
+        seed=drafts["seed"],
+    )
+    engine = VLLMEngine(
+        str(aft), max_model_len=1024, seed=RL_RECIPE["seed"], enforce_eager=True, max_num_batched_tokens=65536
+    )
+    topology = Topology([Proposer(engine, sampling=sampling, name="draft")], Vote(on_no_answer="first"))
+    async with topology:
+        return await Runner(topology, prompts, traced, trace=True, concurrency=64).run()
+
+
+def rebuild_rl(aft: pathlib.Path, output: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
+    """Build the ``rl`` model from ``aft`` into ``output`` (see the module docstring); returns it."""
+    import anyio
+
+    from ..finetune import build_rl_data
+
+    recipe = RL_RECIPE
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    prompts, gold = workdir / "rl.prompts.jsonl", workdir / "rl.gold.jsonl"
+    with prompts.open("w", encoding="utf-8") as ask, gold.open("w", encoding="utf-8") as answers:
+        for i, problem in enumerate(arithmetic_problems(**recipe["problems"])):
+            ask.write(json.dumps({"id": i, "prompt": problem["question"]}) + "\n")
+            answers.write(json.dumps({"id": i, **problem}) + "\n")
+    traced = workdir / "rl.drafts.jsonl"
+    anyio.run(_rl_drafts, aft, prompts, traced)
+    data = workdir / "rl.train.jsonl"
+    card = build_rl_data(traced, gold, data, easy_share=recipe["easy_share"], seed=recipe["seed"])
+    _log(f"RL data: {card.written} records ({card.easy} easy, {card.hard} hard) in {data}")
+    drafting = round(time.perf_counter() - started)
+    result = _train(aft, data, output, recipe)
+    rewards = [p.reward for p in result.losses if p.reward is not None]
+    facts = {
+        "recipe": recipe,
+        "records": card.to_json(),
+        "steps": result.steps,
+        "train_loss": result.train_loss,
+        "last_loss": result.last_loss,
+        "first_reward": rewards[0] if rewards else None,
+        "last_reward": rewards[-1] if rewards else None,
+        "drafting_seconds": drafting,
+        "seconds": round(time.perf_counter() - started),
+    }
+    _card(output, "rl", card_text("rl", facts), facts)
+    return output
+
+
+_COMMANDS = {
+    "base": "python -m aftlib.testing.rebuild base --output arithmetic-base",
+    "aft": "python -m aftlib.testing.rebuild aft --base arithmetic-base --output arithmetic-aft",
+    "rl": "python -m aftlib.testing.rebuild rl --aft arithmetic-aft --output arithmetic-rl",
+}
+_WHAT = {
+    "base": "A 4-layer, 128-wide Llama (about 0.92M parameters) trained from random weights to solve "
+    "two-step, two-digit arithmetic word problems, answering the AFT proposal request (a system message "
+    "holding one newline, then the problem) with a worked answer ending `#### N`.",
+    "aft": "The `base` model after aggregation fine-tuning on its own drafts: given a problem and five "
+    "drafts in the AFT aggregation request, it writes the worked answer. It still drafts (direct "
+    "examples were mixed in).",
+    "rl": "The `aft` model after reinforcement learning as an aggregator (GRPO, AggLM's recipe): given a "
+    "problem and 3 to 6 of `aft`'s drafts in the AFT aggregation request, it was rewarded when its "
+    "answer matched the gold one (math-verify), on a balanced mix of problems whose drafts' majority was "
+    "right and wrong.",
+}
+
+
 def card_text(name: str, facts: dict[str, Any]) -> str:
     """The model card of a rebuilt model; the accuracy is measured by ``bench/aft_miniature.py``."""
     recipe = facts["recipe"]
-    command = (
-        "python -m aftlib.testing.rebuild base --output arithmetic-base"
-        if name == "base"
-        else "python -m aftlib.testing.rebuild aft --base arithmetic-base --output arithmetic-aft"
-    )
-    what = (
-        "A 4-layer, 128-wide Llama (about 0.92M parameters) trained from random weights to solve two-step, "
-        "two-digit arithmetic word problems, answering the AFT proposal request (a system message "
-        "holding one newline, then the problem) with a worked answer ending `#### N`."
-        if name == "base"
-        else "The `base` model after aggregation fine-tuning on its own drafts: given a problem and five "
-        "drafts in the AFT aggregation request, it writes the worked answer. It still drafts (direct "
-        "examples were mixed in)."
-    )
+    command, what = _COMMANDS[name], _WHAT[name]
+    rewards = ""
+    if facts.get("first_reward") is not None:
+        first, last = facts["first_reward"], facts["last_reward"]
+        rewards = f" Mean reward {first:.3f} at the first log, {last:.3f} at the last."
     return (
         f"# aftlib arithmetic-{name}\n\n{what}\n\nA toy model on a toy task, for measuring aftlib's "
         "topologies on a CPU; it knows nothing else.\n\n"
@@ -228,7 +330,7 @@ def card_text(name: str, facts: dict[str, Any]) -> str:
         f"Measured: {facts['seconds']} s on 2 CPU cores.\n\n"
         "## Training\n\n```json\n" + json.dumps(recipe, indent=2) + "\n```\n\n"
         f"Steps {facts['steps']}, mean training loss {facts['train_loss']:.4f}, last logged loss "
-        f"{facts['last_loss']:.4f}.\n\n"
+        f"{facts['last_loss']:.4f}.{rewards}\n\n"
         "## Accuracy\n\nSee `docs/miniature.md` (measured by `bench/aft_miniature.py` on 500 test "
         "problems).\n"
     )
@@ -236,18 +338,29 @@ def card_text(name: str, facts: dict[str, Any]) -> str:
 
 @click.command(
     "python -m aftlib.testing.rebuild",
-    help="Rebuild a shipped arithmetic model (base or aft) from scratch into --output.",
+    help="Rebuild a shipped arithmetic model (base, aft or rl) from scratch into --output.",
 )
-@click.argument("model", type=click.Choice(["base", "aft"]))
+@click.argument("model", type=click.Choice(["base", "aft", "rl"]))
 @click.option("--output", type=click.Path(path_type=pathlib.Path), required=True, help="The folder to write.")
 @click.option(
     "--base",
     type=click.Path(path_type=pathlib.Path, exists=True, file_okay=False),
     help="The base model (aft only; default: the shipped one).",
 )
+@click.option(
+    "--aft",
+    type=click.Path(path_type=pathlib.Path, exists=True, file_okay=False),
+    help="The AFT model (rl only; default: the shipped one).",
+)
 @click.option("--workdir", type=click.Path(path_type=pathlib.Path), help="Where the data goes (OUTPUT.work).")
-def main(model: str, output: pathlib.Path, base: pathlib.Path | None, workdir: pathlib.Path | None) -> None:
-    """The command line: ``python -m aftlib.testing.rebuild {base,aft} --output DIR``."""
+def main(
+    model: str,
+    output: pathlib.Path,
+    base: pathlib.Path | None,
+    aft: pathlib.Path | None,
+    workdir: pathlib.Path | None,
+) -> None:
+    """The command line: ``python -m aftlib.testing.rebuild {base,aft,rl} --output DIR``."""
     from .._errors import AftError
     from ._models import arithmetic_model
 
@@ -255,8 +368,10 @@ def main(model: str, output: pathlib.Path, base: pathlib.Path | None, workdir: p
     try:
         if model == "base":
             rebuild_base(output, work)
-        else:
+        elif model == "aft":
             rebuild_aft(base or arithmetic_model("base"), output, work)
+        else:
+            rebuild_rl(aft or arithmetic_model("aft"), output, work)
     except AftError as exc:  # a user's mistake (an output folder in the way, ...): the message, no traceback
         raise click.ClickException(str(exc)) from None
 
