@@ -1,16 +1,18 @@
 """The AFT paper's table in miniature: the shipped arithmetic models, one sweep, the math judge.
 
 One ``aftlib sweep`` over held-out test problems of :func:`aftlib.testing.arithmetic_problems`, on the
-real vLLM CPU engine, with the shipped ``base`` and ``aft`` models (:func:`aftlib.testing.arithmetic_model`).
+real vLLM CPU engine, with the shipped models (:func:`aftlib.testing.arithmetic_model`).
 Each variant is a topology: one sample, majority vote of 5, self-aggregation by ``base`` (never trained to
 aggregate), USC selection, AFT one sample, AFT with aggregation (n=5, one and two aggregation layers),
-the AFT model aggregating ``base``'s drafts, and RSA. The drafts are shared between the cells that draw
+the AFT model aggregating ``base``'s drafts, RSA, and the aggregator trained by reinforcement (``rl``)
+over ``aft``'s and ``base``'s drafts. The drafts are shared between the cells that draw
 them (the sweep's cache: common random numbers), every cell is traced, and pass@5 (at least one of the 5
 drafts right) is read from the traces as the ceiling. Writes ``results.md`` (the table, with standard
 errors and generated tokens per problem), the sweep's CSV and plots, and ``miniature.json``.
 
     python bench/aft_miniature.py                       # 500 test problems, into bench_out/miniature
     python bench/aft_miniature.py --problems 100 --output bench_out/mini
+    python bench/aft_miniature.py --aggregator natural=arithmetic-rl-natural   # one more aggregator row
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "base drafts + AFT aggregation (n=5)": {"layers": [["base_draft"]], "final": "aft_aggregate"},
     "AFT, RSA (N=5, K=3, T=1) + vote": {"layers": [["aft_draft"], ["rsa_step"]], "final": "vote"},
+    "AFT drafts + RL aggregation (n=5)": {"layers": [["aft_draft"]], "final": "rl_aggregate"},
+    "base drafts + RL aggregation (n=5)": {"layers": [["base_draft"]], "final": "rl_aggregate"},
 }
 """The rows of the table: each a topology over the base file's agents."""
 
@@ -53,8 +57,8 @@ PASS_AT_K = {"base, majority vote of 5": "base", "AFT, majority vote of 5": "AFT
 """The cells whose traced drafts give each model's pass@5 and draft accuracy."""
 
 
-def topology_file(base: Path, aft: Path) -> dict[str, Any]:
-    """The base topology file: both engines and every agent the variants use."""
+def topology_file(base: Path, aft: Path, rl: Path) -> dict[str, Any]:
+    """The base topology file: the three engines and every agent the variants use."""
     engine = {
         "type": "vllm",
         "max_model_len": 1024,
@@ -64,7 +68,11 @@ def topology_file(base: Path, aft: Path) -> dict[str, Any]:
     }
     five = {**DRAFT, "n": 5}
     return {
-        "engines": {"base": {**engine, "model": str(base)}, "aft": {**engine, "model": str(aft)}},
+        "engines": {
+            "base": {**engine, "model": str(base)},
+            "aft": {**engine, "model": str(aft)},
+            "rl": {**engine, "model": str(rl)},
+        },
         "agents": {
             "base_one": {"engine": "base", "template": "aft_propose", "sampling": DRAFT},
             "base_draft": {"engine": "base", "template": "aft_propose", "sampling": five},
@@ -96,6 +104,12 @@ def topology_file(base: Path, aft: Path) -> dict[str, Any]:
                 "sampling": five,
                 "references": {"subset": 3, "seed": 0},
             },
+            "rl_aggregate": {
+                "type": "aggregator",
+                "engine": "rl",
+                "template": "aft_aggregate",
+                "sampling": FINAL,
+            },
             "vote": {"type": "vote", "on_no_answer": "first"},
         },
         "layers": [["base_one"]],
@@ -103,19 +117,31 @@ def topology_file(base: Path, aft: Path) -> dict[str, Any]:
     }
 
 
-def prepare(folder: Path, problems: int, seed: int) -> Path:
-    """Write the problems, the gold answers, the base topology file and the sweep file."""
+def prepare(folder: Path, problems: int, seed: int, aggregators: dict[str, Path] | None = None) -> Path:
+    """Write the problems, the gold answers, the base topology file and the sweep file.
+
+    ``aggregators`` adds, for each other model (by a name), a row where it aggregates AFT's drafts.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     test = arithmetic_problems(problems, seed=seed, split="test")
     with (folder / "prompts.jsonl").open("w") as prompts, (folder / "gold.jsonl").open("w") as gold:
         for i, problem in enumerate(test):
             prompts.write(json.dumps({"id": i, "prompt": problem["question"]}) + "\n")
             gold.write(json.dumps({"id": i, **problem}) + "\n")
-    base, aft = arithmetic_model("base"), arithmetic_model("aft")
-    (folder / "miniature.yaml").write_text(yaml.safe_dump(topology_file(base, aft), sort_keys=False))
+    models = (arithmetic_model("base"), arithmetic_model("aft"), arithmetic_model("rl"))
+    base_file = topology_file(*models)
+    variants = dict(VARIANTS)
+    for name, path in (aggregators or {}).items():
+        base_file["engines"][name] = {**base_file["engines"]["rl"], "model": str(path.resolve())}
+        base_file["agents"][f"{name}_aggregate"] = {**base_file["agents"]["rl_aggregate"], "engine": name}
+        variants[f"AFT drafts + {name} aggregation (n=5)"] = {
+            "layers": [["aft_draft"]],
+            "final": f"{name}_aggregate",
+        }
+    (folder / "miniature.yaml").write_text(yaml.safe_dump(base_file, sort_keys=False))
     sweep = {
         "base": "miniature.yaml",
-        "variants": VARIANTS,
+        "variants": variants,
         "prompts": "prompts.jsonl",
         "judge": {"type": "math", "references": "gold.jsonl"},
         "concurrency": 64,
@@ -164,9 +190,9 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance / n)
 
 
-async def main(output: Path, problems: int, seed: int) -> None:
+async def main(output: Path, problems: int, seed: int, aggregators: dict[str, Path]) -> None:
     started = time.perf_counter()
-    sweep_file = prepare(output, problems, seed)
+    sweep_file = prepare(output, problems, seed, aggregators)
     sweep = Sweep.load(sweep_file)
     report = await sweep.run(
         output / "results", on_cell=lambda cell, what: print(f"{cell.id}: {what}", flush=True)
@@ -217,6 +243,19 @@ if __name__ == "__main__":
     parser.add_argument("--output", type=Path, default=Path("bench_out/miniature"), help="Where to write.")
     parser.add_argument("--problems", type=int, default=500, help="Test problems (default 500).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the test problems.")
+    parser.add_argument(
+        "--aggregator",
+        action="append",
+        default=[],
+        metavar="NAME=MODEL",
+        help="Another model folder to aggregate AFT's drafts, as one more row (repeatable).",
+    )
     args = parser.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    anyio.run(main, args.output, args.problems, args.seed)
+    extra: dict[str, Path] = {}
+    for item in args.aggregator:
+        name, _, folder = item.partition("=")
+        if not name.isidentifier() or not folder:
+            parser.error(f"--aggregator takes NAME=MODEL_FOLDER, got {item!r}")
+        extra[name] = Path(folder)
+    anyio.run(main, args.output, args.problems, args.seed, extra)

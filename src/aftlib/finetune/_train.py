@@ -493,9 +493,13 @@ def _encode(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> tuple[list
 
 def _import(name: str) -> Any:
     import importlib
+    import warnings
 
     try:
-        return importlib.import_module(name)
+        with warnings.catch_warnings():
+            # TRL warns at import that it was tested with older vLLM releases; its vLLM path is not used
+            warnings.filterwarnings("ignore", message="TRL currently supports vLLM", category=UserWarning)
+            return importlib.import_module(name)
     except ImportError as exc:
         raise MissingExtraError("aftlib train (with torch, e.g. from the cpu extra)", "train", name) from exc
 
@@ -544,9 +548,10 @@ def _sft_config(config: TrainConfig, output_dir: Path, *, source: str | None = N
             max_completion_length=settings.max_completion_length,
             temperature=settings.temperature,
             reward_weights=reward_functions(settings)[1],
-            use_vllm=False,  # TRL's own generation: its vLLM path needs a GPU
-            use_cpu=not cuda,
         )
+        # TRL's own generation unless asked (extra: {use_vllm: true, vllm_mode: colocate} on a GPU)
+        arguments.setdefault("use_vllm", False)
+        arguments.setdefault("use_cpu", not cuda)
     try:
         return kind(**arguments)
     except (TypeError, ValueError) as exc:

@@ -77,7 +77,7 @@ RL_RECIPE: dict[str, Any] = {
     "train": {
         "method": "grpo",
         "max_steps": 200,
-        "learning_rate": 2e-4,
+        "learning_rate": 3e-5,
         "batch_size": 64,
         "gradient_accumulation_steps": 1,
         "max_length": 1024,
@@ -259,13 +259,19 @@ async def _rl_drafts(aft: pathlib.Path, prompts: pathlib.Path, traced: pathlib.P
         return await Runner(topology, prompts, traced, trace=True, concurrency=64).run()
 
 
-def rebuild_rl(aft: pathlib.Path, output: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
-    """Build the ``rl`` model from ``aft`` into ``output`` (see the module docstring); returns it."""
+def rebuild_rl(
+    aft: pathlib.Path, output: pathlib.Path, workdir: pathlib.Path, *, easy_share: float | None = 0.5
+) -> pathlib.Path:
+    """Build the ``rl`` model from ``aft`` into ``output`` (see the module docstring); returns it.
+
+    ``easy_share`` is the recipe's (AggLM's balanced mix); another value (None: every record, the
+    natural mix) builds the variant that measures the mix's effect, its recipe recorded as built.
+    """
     import anyio
 
     from ..finetune import build_rl_data
 
-    recipe = RL_RECIPE
+    recipe = {**RL_RECIPE, "easy_share": easy_share}
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     prompts, gold = workdir / "rl.prompts.jsonl", workdir / "rl.gold.jsonl"
@@ -352,12 +358,19 @@ def card_text(name: str, facts: dict[str, Any]) -> str:
     type=click.Path(path_type=pathlib.Path, exists=True, file_okay=False),
     help="The AFT model (rl only; default: the shipped one).",
 )
+@click.option(
+    "--easy-share",
+    default="0.5",
+    show_default=True,
+    help="rl only: the share of easy records, or 'all' for every record (the natural mix).",
+)
 @click.option("--workdir", type=click.Path(path_type=pathlib.Path), help="Where the data goes (OUTPUT.work).")
 def main(
     model: str,
     output: pathlib.Path,
     base: pathlib.Path | None,
     aft: pathlib.Path | None,
+    easy_share: str,
     workdir: pathlib.Path | None,
 ) -> None:
     """The command line: ``python -m aftlib.testing.rebuild {base,aft,rl} --output DIR``."""
@@ -371,9 +384,19 @@ def main(
         elif model == "aft":
             rebuild_aft(base or arithmetic_model("base"), output, work)
         else:
-            rebuild_rl(aft or arithmetic_model("aft"), output, work)
+            rebuild_rl(aft or arithmetic_model("aft"), output, work, easy_share=_share(easy_share))
     except AftError as exc:  # a user's mistake (an output folder in the way, ...): the message, no traceback
         raise click.ClickException(str(exc)) from None
+
+
+def _share(value: str) -> float | None:
+    if value == "all":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        message = f"a share in [0, 1] or 'all', got {value!r}"
+        raise click.BadParameter(message, param_hint="--easy-share") from None
 
 
 if __name__ == "__main__":
