@@ -48,6 +48,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "base drafts + AFT aggregation (n=5)": {"layers": [["base_draft"]], "final": "aft_aggregate"},
     "AFT, RSA (N=5, K=3, T=1) + vote": {"layers": [["aft_draft"], ["rsa_step"]], "final": "vote"},
+    "RL, one sample": {"layers": [["rl_one"]], "final": "vote"},
     "AFT drafts + RL aggregation (n=5)": {"layers": [["aft_draft"]], "final": "rl_aggregate"},
     "base drafts + RL aggregation (n=5)": {"layers": [["base_draft"]], "final": "rl_aggregate"},
 }
@@ -104,6 +105,7 @@ def topology_file(base: Path, aft: Path, rl: Path) -> dict[str, Any]:
                 "sampling": five,
                 "references": {"subset": 3, "seed": 0},
             },
+            "rl_one": {"engine": "rl", "template": "aft_propose", "sampling": DRAFT},
             "rl_aggregate": {
                 "type": "aggregator",
                 "engine": "rl",

@@ -212,9 +212,7 @@ def _text(completion: Any) -> str:
 RewardFunction = Callable[..., list[float]]
 
 
-def reward_functions(
-    settings: GrpoSettings, extractor: AnswerExtractor | None = None
-) -> tuple[list[RewardFunction], list[float]]:
+def reward_functions(settings: GrpoSettings) -> tuple[list[RewardFunction], list[float]]:
     """GRPO's reward functions and their weights: correctness, and the format reward when it is set.
 
     Correctness is 1.0 when the completion's extracted answer matches the row's gold ``answer`` by the
@@ -222,7 +220,7 @@ def reward_functions(
     """
     from ..evaluate._math import answers_match
 
-    found = extractor or AnswerExtractor()
+    found = AnswerExtractor()  # the math judge's: ####, "the answer is", \boxed{}, the last number
 
     def correctness(completions: Sequence[Any], answer: Sequence[str], **_: Any) -> list[float]:
         scores = []

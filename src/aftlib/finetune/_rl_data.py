@@ -121,7 +121,6 @@ def build_rl_data(
     *,
     easy_share: float | None = None,
     seed: int = 0,
-    extractor: AnswerExtractor | None = None,
 ) -> RlCard:
     """Write RL records (drafts, gold answer, whether the majority was right) from a traced run.
 
@@ -131,7 +130,8 @@ def build_rl_data(
         output: The RL records file to write (``OUT.card.json`` beside it).
         easy_share: The share of records whose majority was right, in [0, 1]; None keeps every record.
         seed: Seeds which surplus records are dropped.
-        extractor: How answers are found in drafts and gold answers (the math judge's by default).
+
+    Answers are found in drafts and gold answers by the math judge's extractor.
 
     Returns:
         The card.
@@ -144,7 +144,7 @@ def build_rl_data(
         isinstance(easy_share, bool) or not isinstance(easy_share, int | float) or not 0 <= easy_share <= 1
     ):
         raise ConfigError(f"easy_share is a share in [0, 1], got {easy_share!r}", path="easy_share")
-    found = extractor or AnswerExtractor()
+    found = AnswerExtractor()
     gold = _gold(references, found)
     skipped: Counter[str] = Counter()
     easy: list[dict[str, Any]] = []
