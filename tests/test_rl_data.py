@@ -215,3 +215,13 @@ async def test_the_data_rl_command_writes_records_and_a_card(
     assert "the input is not a file" in capsys.readouterr().err
     assert main([*args, "--easy-share", "2"]) == 2
     assert "easy_share is a share in [0, 1]" in capsys.readouterr().err
+
+
+def test_a_malformed_conversation_names_its_line_and_key(tmp_path: Path) -> None:
+    """A conversation that does not end with a user turn is an InputError at FILE:LINE: messages[0]."""
+    data = tmp_path / "rl.jsonl"
+    record = {"id": 1, "answer": "1", "drafts": ["a"], "messages": [{"role": "assistant", "content": "x"}]}
+    data.write_text(json.dumps(record) + "\n")
+    with pytest.raises(InputError, match="must end with a user turn") as info:
+        read_rl_records([str(data)])
+    assert info.value.where == f"{data}:1: messages[0]"

@@ -154,9 +154,12 @@ def read_rl_records(paths: Sequence[str]) -> tuple[list[RlRecord], list[str]]:
             if not isinstance(drafts, list) or not all(isinstance(d, str) for d in drafts):
                 raise InputError("'drafts' is a list of texts", where=where)
             messages = value.get("messages")
-            conversation = as_conversation(messages, path="messages") if messages is not None else None
-            if conversation is None:
+            if messages is None:
                 raise InputError("an RL record needs 'messages', the conversation to answer", where=where)
+            try:
+                conversation = as_conversation(messages, path="messages")
+            except InputError as exc:
+                raise InputError(exc.message, where=f"{where}: {exc.where or 'messages'}") from None
             right = value.get("majority_right")
             records.append(
                 RlRecord(
