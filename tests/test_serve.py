@@ -402,10 +402,23 @@ BAD_INPUT = [
         "'tools' is not supported",
     ),
     (
-        "response_format",
-        {"model": "fake-moa", "messages": QUESTION, "response_format": {"type": "json_object"}},
+        "response_format of an unknown type",
+        {"model": "fake-moa", "messages": QUESTION, "response_format": {"type": "xml"}},
         400,
-        "'response_format'",
+        "response_format.type is 'text', 'json_object' or 'json_schema'",
+    ),
+    (
+        "a json_schema that is not a schema",
+        {
+            "model": "fake-moa",
+            "messages": QUESTION,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "nope"}},
+            },
+        },
+        400,
+        "not a JSON schema",
     ),
     ("n > 1", {"model": "fake-moa", "messages": QUESTION, "n": 2}, 400, "'n' must be 1"),
     (
@@ -629,3 +642,41 @@ def test_a_bug_in_a_custom_agent_is_a_json_500_and_an_error_log_with_its_traceba
     failed = [e for e in logs if e["event"] == "run failed"]
     assert failed[0]["log_level"] == "error"
     assert isinstance(failed[0]["exc_info"], TypeError)
+
+
+def test_a_response_format_the_engine_cannot_enforce_is_checked_never_passed_as_free_text() -> None:
+    """json_object on a fake engine, which cannot constrain decoding: the answer is checked.
+
+    A JSON answer is served; a free-text answer is a JSON 500 naming the mismatch, not a 200 with text.
+    """
+
+    def answer(request: Any, index: int) -> str:
+        return '{"answer": 7}' if "JSON" in request.messages[-1].content else "seven"
+
+    engine = FakeEngine(handler=answer, name="fake")
+    final = Aggregator(engine, template="passthrough")
+    topology = Topology([Proposer(engine, template="passthrough")], final)
+    fmt = {"type": "json_object"}
+    with served(create_app({"json": topology})) as base:
+        asked = [{"role": "user", "content": "Give JSON."}]
+        ok = post(base, {"model": "json", "messages": asked, "response_format": fmt})
+        assert ok.status_code == 200, ok.text
+        assert json.loads(ok.json()["choices"][0]["message"]["content"]) == {"answer": 7}
+        bad_answer = post(base, {"model": "json", "messages": QUESTION, "response_format": fmt})
+    assert bad_answer.status_code == 500
+    message = bad_answer.json()["error"]["message"]
+    assert "is not JSON" in message
+    assert "engine 'fake' cannot constrain decoding" in message
+
+
+def test_a_response_format_on_a_vote_is_refused() -> None:
+    """A topology whose final agent is a vote writes no answer of its own: response_format is a 400."""
+    from aftlib import Vote
+
+    topology = Topology([Proposer(FakeEngine(), sampling=SamplingParams(n=2))], Vote(on_no_answer="first"))
+    body = {"model": "vote", "messages": QUESTION, "response_format": {"type": "json_object"}}
+    with served(create_app({"vote": topology})) as base:
+        response = post(base, body)
+    assert response.status_code == 400
+    assert "cannot honour response_format" in response.json()["error"]["message"]
+    assert response.json()["error"]["param"] == "response_format"

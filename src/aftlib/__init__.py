@@ -49,6 +49,7 @@ from ._results import (
     TokenDelta,
 )
 from ._select import BestOfN, Select
+from ._structured import ResponseFormat, StructuredOutputError
 from ._templates import PromptTemplate
 from ._topology import EarlyExit, Layer, Topology
 from ._trace import TracedRequest, traced_requests
@@ -115,6 +116,7 @@ __all__ = (
     "QuorumError",
     "RateLimitError",
     "References",
+    "ResponseFormat",
     "Result",
     "RunStats",
     "RunSummary",
@@ -124,6 +126,7 @@ __all__ = (
     "SequentialAggregator",
     "ServerError",
     "Shard",
+    "StructuredOutputError",
     "TemplateError",
     "TokenConfidences",
     "TokenDelta",

@@ -25,6 +25,7 @@ from ._confidence import TOP_LOGPROBS, TokenConfidences
 from ._errors import ConfigError
 from ._logging import context, get_logger
 from ._results import Candidate, CandidateDone, Event, TokenDelta
+from ._structured import StructuredOutputError
 from ._templates import PromptTemplate, as_template
 from ._types import ChatRequest, Completion, Cut, Delta, Message, SamplingParams, Usage
 from ._util import unwrap_group
@@ -250,6 +251,21 @@ class ModelAgent(Agent):
             return prepare()
         return await anyio.to_thread.run_sync(prepare)
 
+    def _check_format(self, request: ChatRequest, completion: Completion) -> None:
+        """Raise :class:`~aftlib.StructuredOutputError` for a sample that is not the JSON asked for."""
+        fmt = request.sampling.response_format
+        if fmt is None:
+            return
+        for sample in completion.samples:
+            problem = fmt.problem(sample.text)
+            if problem is not None:
+                can = "constrained" if self.engine.supports_structured_outputs else "cannot constrain"
+                cut = " (cut off at max_tokens)" if sample.finish_reason == "length" else ""
+                raise StructuredOutputError(
+                    f"agent {self.name!r}: sample {sample.index} is {problem}{cut}; engine "
+                    f"{self.engine.name!r} {can} decoding to the response_format ({fmt.type})"
+                )
+
     async def run(
         self,
         conversation: Sequence[Message],
@@ -299,6 +315,7 @@ class ModelAgent(Agent):
                         completion = item
         if completion is None:
             raise RuntimeError(f"engine {self.engine.name!r} ended a stream without a completion")
+        self._check_format(request, completion)
         candidates = tuple(
             Candidate(
                 layer,

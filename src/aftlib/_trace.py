@@ -54,6 +54,7 @@ def _request_dict(layer: int, agent: str, request: ChatRequest) -> dict[str, Any
             "seed": s.seed,
             "stop": list(s.stop),
             "logprobs": s.logprobs,
+            "response_format": None if s.response_format is None else s.response_format.to_openai(),
         },
         "lora": request.lora,
     }

@@ -10,6 +10,7 @@ from attrs import field, frozen
 
 from ._errors import ConfigError, InputError
 from ._priority import current as current_priority
+from ._structured import ResponseFormat, as_response_format
 
 __all__ = (
     "ChatRequest",
@@ -174,6 +175,10 @@ class SamplingParams:
         logprobs: Ask for the log probabilities of the generated tokens and of the ``logprobs`` most
             likely tokens at each position (0 for the chosen tokens only); None asks for none. Engines
             that cannot give them raise :class:`~aftlib.ConfigError` naming the engine.
+        response_format: The answer must be JSON, or JSON matching a schema
+            (:class:`~aftlib.ResponseFormat`, or OpenAI's ``response_format`` object); enforced while
+            decoding by engines that can, and checked after (a mismatch is a
+            :class:`~aftlib.StructuredOutputError`). None: free text.
     """
 
     temperature: float = field(default=0.7, converter=float, validator=_check_temperature)
@@ -183,6 +188,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = field(default=(), converter=_stop_tuple)
     logprobs: int | None = field(default=None, validator=_check_logprobs)
+    response_format: ResponseFormat | None = field(default=None, converter=as_response_format)
 
 
 def _message_list(messages: Iterable[Message]) -> list[Message]:

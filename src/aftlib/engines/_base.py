@@ -103,6 +103,15 @@ class Engine(anyio.abc.AsyncResource):
         return 0
 
     @property
+    def supports_structured_outputs(self) -> bool:
+        """True when the engine constrains decoding to a request's ``response_format``.
+
+        Answers are checked against the format after generation either way
+        (:class:`~aftlib.ResponseFormat`); an engine that cannot constrain only produces more mismatches.
+        """
+        return False
+
+    @property
     def supports_priority(self) -> bool:
         """True when the engine runs requests in :attr:`~aftlib.ChatRequest.priority` order.
 

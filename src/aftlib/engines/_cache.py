@@ -82,6 +82,8 @@ def _sampling_key(request: ChatRequest) -> dict[str, Any]:
         "seed": s.seed,
         "stop": list(s.stop),
         "logprobs": s.logprobs,
+        # only when set, so the keys of requests without a format stay what they were
+        **({"response_format": s.response_format.to_openai()} if s.response_format is not None else {}),
     }
 
 

@@ -95,6 +95,11 @@ class Replicas(Engine):
         return all(r.supports_logprobs for r in self.replicas)
 
     @property
+    def supports_structured_outputs(self) -> bool:
+        """True when every replica constrains decoding to a ``response_format``."""
+        return all(r.supports_structured_outputs for r in self.replicas)
+
+    @property
     def supports_priority(self) -> bool:
         """True when every replica schedules by priority."""
         return all(r.supports_priority for r in self.replicas)

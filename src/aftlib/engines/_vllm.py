@@ -20,6 +20,7 @@ from .._errors import ConfigError, ContextLengthError, EngineError, MissingExtra
 from .._io import prompt_token_ids
 from .._logging import get_logger
 from .._streams import iterate
+from .._structured import ResponseFormat
 from .._types import ChatRequest, Completion, Delta, Message, Sample, TokenLogprob, Usage
 from ._base import Engine, EngineStream, StreamItem
 
@@ -92,6 +93,17 @@ def check_model(model: str) -> None:
             f"and the hub cannot be reached ({type(exc).__name__}: {exc}); download it first or give the "
             "path of a model folder",
         ) from None
+
+
+def _structured_outputs(vllm: Any, fmt: ResponseFormat | None) -> Any:
+    """The structured-output parameters of vLLM for a response format (None: free text)."""
+    if fmt is None:
+        return None
+    params = vllm.sampling_params.StructuredOutputsParams
+    # compact JSON: a model that hesitates cannot fill max_tokens with whitespace
+    if fmt.type == "json_object":
+        return params(json_object=True, disable_any_whitespace=True)
+    return params(json=fmt.schema, disable_any_whitespace=True)
 
 
 def _logprobs(token_ids: Sequence[int], positions: Any, k: int | None) -> tuple[TokenLogprob, ...] | None:
@@ -312,6 +324,11 @@ class VLLMEngine(Engine):
         return True
 
     @property
+    def supports_structured_outputs(self) -> bool:
+        """True: vLLM's structured outputs constrain decoding to a JSON object or schema."""
+        return True
+
+    @property
     def supports_priority(self) -> bool:
         """True unless the engine was made with ``scheduling_policy="fcfs"``."""
         return self.scheduling_policy == "priority"
@@ -374,6 +391,7 @@ class VLLMEngine(Engine):
             stop_token_ids=[eos] if eos is not None else None,
             logprobs=s.logprobs,
             output_kind=kinds.DELTA if streaming else kinds.FINAL_ONLY,
+            structured_outputs=_structured_outputs(vllm, s.response_format),
         )
 
     def _lora_request(self, name: str | None) -> Any:

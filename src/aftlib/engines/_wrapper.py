@@ -60,6 +60,11 @@ class WrapperEngine(Engine):
         return self.inner.supports_logprobs
 
     @property
+    def supports_structured_outputs(self) -> bool:
+        """Whether the inner engine constrains decoding to a ``response_format``."""
+        return self.inner.supports_structured_outputs
+
+    @property
     def supports_priority(self) -> bool:
         """The inner engine's."""
         return self.inner.supports_priority

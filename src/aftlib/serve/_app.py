@@ -60,12 +60,20 @@ Send = Callable[[dict[str, Any]], Any]
 def with_sampling(topology: Topology, overrides: Mapping[str, Any]) -> Topology:
     """A copy of ``topology`` whose final agent samples with ``overrides`` (the shared one is untouched).
 
-    A final agent that asks no engine (a vote) has no sampling to change; it is left as it is.
+    A final agent that asks no engine (a vote) has no sampling to change; it is left as it is, unless a
+    ``response_format`` is asked for, which it could not honour.
 
     Raises:
-        ConfigError: An override is out of range (names the field as ``path``).
+        ConfigError: An override is out of range (names the field as ``path``), or a response format is
+            asked of a final agent that no model writes.
     """
     final = topology.final
+    if overrides.get("response_format") is not None and not isinstance(final, ModelAgent):
+        raise ConfigError(
+            f"the topology's final agent {final.name!r} is a {type(final).__name__}, which picks an answer "
+            "and writes none: it cannot honour response_format",
+            path="response_format",
+        )
     if not overrides or not isinstance(final, ModelAgent):
         return topology
     return evolve(topology, final=evolve(final, sampling=evolve(final.sampling, **overrides)))

@@ -11,7 +11,9 @@ from typing import Any
 
 from attrs import frozen
 
+from .._errors import ConfigError
 from .._results import AnswerDone, CandidateDone, Event, LayerDone, Result, TokenDelta
+from .._structured import as_response_format
 from .._topology import Topology
 from .._types import Usage
 
@@ -164,9 +166,10 @@ def parse_chat(body: Any) -> ChatCall:
         value = body.get(key)
         if value not in (None, False, [], {}):
             raise bad(f"{key!r} is not supported by this server", key, "unsupported_parameter")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, Mapping) and fmt.get("type") == "text"):
-        raise bad("'response_format' other than {'type': 'text'} is not supported", "response_format")
+    try:
+        response_format = as_response_format(body.get("response_format"))
+    except ConfigError as exc:
+        raise bad(exc.message, exc.path or "response_format") from None
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
         raise bad(f"'n' must be an integer, got {n!r}", "n")
@@ -221,6 +224,8 @@ def parse_chat(body: Any) -> ChatCall:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
             raise bad("'stop' must be a string or a list of strings", "stop")
         sampling["stop"] = tuple(stops)
+    if response_format is not None:
+        sampling["response_format"] = response_format
     return ChatCall(
         model,
         tuple(messages),
