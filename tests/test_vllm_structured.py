@@ -42,3 +42,21 @@ async def test_a_json_schema_answer_validates_on_the_real_engine(vllm_engine: VL
         value = json.loads(result.text)
         jsonschema.validate(value, SCHEMA)
         assert result.answer.finish_reason == "stop"
+
+
+async def test_a_json_schema_answer_validates_through_an_openai_compatible_server(openai_server: str) -> None:
+    """OpenAIEngine sends the response_format to vLLM's server, which constrains decoding to it."""
+    import jsonschema
+
+    from aftlib import ChatRequest, Message
+    from aftlib.engines import OpenAIEngine
+
+    fmt = ResponseFormat.json_schema(SCHEMA, name="verdict")
+    engine = OpenAIEngine("tiny-served", openai_server)
+    async with engine:
+        completion = await engine.generate(
+            ChatRequest(
+                [Message("user", "How many apples?")], SamplingParams(max_tokens=48, response_format=fmt)
+            )
+        )
+    jsonschema.validate(json.loads(completion.samples[0].text), SCHEMA)

@@ -129,6 +129,15 @@ class OpenAIEngine(Engine):
         return True
 
     @property
+    def supports_structured_outputs(self) -> bool:
+        """True: a request's ``response_format`` is sent, and the server constrains decoding to it.
+
+        A server that cannot refuses the request (an :class:`~aftlib.EngineError`); answers are checked
+        after generation either way.
+        """
+        return True
+
+    @property
     def supports_priority(self) -> bool:
         """Whether requests carry their priority (the server schedules by it if it was started so)."""
         return self._priority
@@ -275,6 +284,8 @@ class OpenAIEngine(Engine):
         extra: dict[str, Any] = {}
         if s.logprobs is not None:
             extra = {"logprobs": True, "top_logprobs": s.logprobs}
+        if s.response_format is not None:
+            extra["response_format"] = s.response_format.to_openai()
         try:
             while True:
                 ranked = self._priority and request.priority != 0
