@@ -31,7 +31,7 @@ from .._errors import ConfigError, InputError, MissingExtraError
 from .._io import iter_json, read_yaml, render_prompt, staged_dir
 from .._logging import get_logger
 from ..config._converter import at, config_class, structure
-from ._grpo import GrpoSettings, grpo_rows, prompt_text, read_rl_records, reward_functions
+from ._grpo import GrpoSettings, RlRecord, grpo_rows, prompt_text, read_rl_records, reward_functions
 
 __all__ = ("LoraSettings", "LossPoint", "TrainConfig", "TrainResult", "train")
 
@@ -648,53 +648,38 @@ class _Prepared:
     losses: list[LossPoint]
 
 
-def _build_grpo_trainer(
-    config: TrainConfig,
-    workdir: Path,
-    *,
-    on_log: Callable[[LossPoint], None] | None = None,
-    source: str | None = None,
-) -> _Prepared:
-    """Read the RL records, render their aggregation prompts and build TRL's GRPO trainer."""
-    records, no_drafts = read_rl_records(config.data)  # before any model loads: no gold is an error
-    args = _sft_config(config, workdir, source=source)
-    trl = _import("trl")
-    transformers = _import("transformers")
-    datasets = _import("datasets")
-    peft_config = _peft_config(config.lora) if config.lora is not None else None
-    tokenizer = _load_tokenizer(config.model)
-    settings = config.settings
-    rows, used, skipped = [], [], list(no_drafts)
-    for record, row in zip(records, grpo_rows(records, settings, config.seed), strict=True):
+def _sft_rows(
+    config: TrainConfig, tokenizer: Any
+) -> tuple[list[dict[str, Any]], list[TrainingRecord], list[str]]:
+    """The encoded SFT examples (loss on the answer turn), the records used and where the skipped are."""
+    used: list[TrainingRecord] = []
+    skipped: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for record in _read_records(config.data):
+        input_ids, labels = _encode(tokenizer, record.messages)
+        if len(input_ids) > config.max_length:
+            skipped.append(record.where)
+            continue
+        used.append(record)
+        rows.append({"input_ids": input_ids, "labels": labels})
+    return rows, used, skipped
+
+
+def _grpo_rows(
+    config: TrainConfig, tokenizer: Any, records: list[RlRecord], no_drafts: list[str]
+) -> tuple[list[dict[str, Any]], list[TrainingRecord], list[str]]:
+    """The GRPO prompts (built as served), the records used (kind easy or hard) and where the skipped are."""
+    rows: list[dict[str, Any]] = []
+    used: list[TrainingRecord] = []
+    skipped = list(no_drafts)
+    for record, row in zip(records, grpo_rows(records, config.settings, config.seed), strict=True):
         if len(tokenizer.encode(prompt_text(tokenizer, row), add_special_tokens=False)) > config.max_length:
             skipped.append(record.where)
             continue
         rows.append(row)
         kind = {True: "easy", False: "hard", None: "unknown"}[record.majority_right]
         used.append(TrainingRecord(where=record.where, messages=(), kind=kind))
-    if not rows:
-        raise InputError(
-            f"no RL record left: every prompt is longer than max_length ({config.max_length} tokens)",
-            where=", ".join(config.data),
-        )
-    rewards, _ = reward_functions(settings)
-    callback = _LossLog(transformers, on_log)
-    try:
-        trainer = trl.GRPOTrainer(
-            model=config.model,
-            reward_funcs=rewards,
-            args=args,
-            train_dataset=datasets.Dataset.from_list(rows),
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            callbacks=[callback.as_callback()],
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot load the model {config.model!r}: {exc}", path="model") from None
-    except ValueError as exc:
-        raise ConfigError(f"TRL refused the settings: {exc}", source=source) from None
-    trainer.remove_callback(transformers.PrinterCallback)
-    return _Prepared(trainer, tokenizer, used, skipped, callback.points)
+    return rows, used, skipped
 
 
 def _build_trainer(
@@ -704,39 +689,37 @@ def _build_trainer(
     on_log: Callable[[LossPoint], None] | None = None,
     source: str | None = None,
 ) -> _Prepared:
-    """Read and encode the data and build TRL's trainer writing into ``workdir``."""
-    if config.method == "grpo":
-        return _build_grpo_trainer(config, workdir, on_log=on_log, source=source)
+    """Read and encode the data and build TRL's trainer (SFT or GRPO) writing into ``workdir``."""
+    grpo = config.method == "grpo"
+    if grpo:
+        rl_records, no_drafts = read_rl_records(config.data)  # before any model loads: no gold is an error
     args = _sft_config(config, workdir, source=source)
     trl = _import("trl")
     transformers = _import("transformers")
     datasets = _import("datasets")
     peft_config = _peft_config(config.lora) if config.lora is not None else None
     tokenizer = _load_tokenizer(config.model)
-    used: list[TrainingRecord] = []
-    skipped: list[str] = []
-    rows: list[dict[str, list[int]]] = []
-    for record in _read_records(config.data):
-        input_ids, labels = _encode(tokenizer, record.messages)
-        if len(input_ids) > config.max_length:
-            skipped.append(record.where)
-            continue
-        used.append(record)
-        rows.append({"input_ids": input_ids, "labels": labels})
+    if grpo:
+        rows, used, skipped = _grpo_rows(config, tokenizer, rl_records, no_drafts)
+        trainer_class, extra = trl.GRPOTrainer, {"reward_funcs": reward_functions(config.settings)[0]}
+    else:
+        rows, used, skipped = _sft_rows(config, tokenizer)
+        trainer_class, extra = trl.SFTTrainer, {}
     if not rows:
+        what = "every prompt" if grpo else "every record"
         raise InputError(
-            f"every record is longer than max_length ({config.max_length} tokens)",
-            where=", ".join(config.data),
+            f"{what} is longer than max_length ({config.max_length} tokens)", where=", ".join(config.data)
         )
     callback = _LossLog(transformers, on_log)
     try:
-        trainer = trl.SFTTrainer(
+        trainer = trainer_class(
             model=config.model,
             args=args,
             train_dataset=datasets.Dataset.from_list(rows),
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=[callback.as_callback()],
+            **extra,
         )
     except OSError as exc:
         raise ConfigError(f"cannot load the model {config.model!r}: {exc}", path="model") from None
