@@ -211,3 +211,16 @@ async def test_max_tokens_is_lowered_to_fit_the_context(vllm_engine: VLLMEngine)
     huge = ChatRequest([Message("user", "word " * 5000)], SamplingParams(max_tokens=4))
     with pytest.raises(ContextLengthError, match="context is 2048"):
         await vllm_engine.generate(huge)
+
+
+async def test_an_adapter_added_later_never_takes_a_removed_adapters_number(vllm_engine: VLLMEngine) -> None:
+    """Adapter weights are cached by number: a new (name, folder) gets a new number, an old one keeps its."""
+    adapters = vllm_engine.lora_adapters
+    first = vllm_engine._lora_request(next(iter(adapters)))
+    adapters["later"] = "/nonexistent/one"
+    one = vllm_engine._lora_request("later")
+    adapters["later"] = "/nonexistent/two"
+    two = vllm_engine._lora_request("later")
+    del adapters["later"]
+    assert len({first.lora_int_id, one.lora_int_id, two.lora_int_id}) == 3
+    assert vllm_engine._lora_request(next(iter(adapters))).lora_int_id == first.lora_int_id

@@ -193,6 +193,7 @@ class VLLMEngine(Engine):
     _tokenizer: Any = field(default=None, repr=False)
     _max_model_len: int = field(default=0, repr=False)
     _renders: _Renders = field(factory=lambda: _Renders(), repr=False)
+    _lora_ids: dict[tuple[str, str], int] = field(factory=dict, repr=False)
 
     def __init__(
         self,
@@ -400,8 +401,11 @@ class VLLMEngine(Engine):
         self.check_adapter(name)
         from vllm.lora.request import LoRARequest
 
-        number = list(self.lora_adapters).index(name) + 1
-        return LoRARequest(name, number, self.lora_adapters[name])
+        # vLLM caches an adapter's weights by its number: each (name, folder) gets its own, for good, so
+        # an adapter added later never takes the number (and the cached weights) of one removed
+        key = (name, self.lora_adapters[name])
+        number = self._lora_ids.setdefault(key, len(self._lora_ids) + 1)
+        return LoRARequest(name, number, key[1])
 
     async def generate(self, request: ChatRequest) -> Completion:
         """Generate ``request.sampling.n`` samples in one engine request, without streaming.
