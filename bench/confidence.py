@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 import yaml
 
-from aftlib.evaluate import Sweep, markdown_table
+from aftlib.evaluate import Sweep, markdown_table, mean_and_standard_error
 from aftlib.testing import arithmetic_model, arithmetic_problems
 
 DRAFT = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 64, "n": 8, "seed": 0, "logprobs": 20}
@@ -147,12 +147,8 @@ def paired(cell: Path, baseline: Path) -> tuple[float, float, int]:
     """The mean per-problem difference of a cell's accuracy from its baseline's, its standard error and n."""
     mine, theirs = _scores(cell), _scores(baseline)
     diffs = [mine[k] - theirs[k] for k in mine.keys() & theirs.keys()]
-    n = len(diffs)
-    if n < 2:
-        return math.nan, math.nan, n
-    mean = sum(diffs) / n
-    variance = sum((d - mean) ** 2 for d in diffs) / (n - 1)
-    return mean, math.sqrt(variance / n), n
+    mean, error = mean_and_standard_error(diffs)
+    return (math.nan if mean is None else mean), (math.nan if error is None else error), len(diffs)
 
 
 async def main(output: Path, problems: int, seed: int) -> None:

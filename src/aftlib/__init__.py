@@ -18,7 +18,7 @@ import typing
 
 from . import engines, presets
 from ._accounting import Price, PriceTable
-from ._agents import Agent, Aggregator, ModelAgent, Proposer, SequentialAggregator, Subset
+from ._agents import Agent, Aggregator, ModelAgent, Proposer, SequentialAggregator, Subset, WrappedAgent
 from ._confidence import Confidence, TokenConfidences
 from ._drafting import Consensus, Drafts, NoDraftsError, OnlineStop
 from ._errors import (
@@ -78,6 +78,7 @@ __all__ = (
     "NoAnswerError",
     "Subset",
     "Vote",
+    "WrappedAgent",
     "BestOfN",
     "Select",
     "Agent",

@@ -39,6 +39,7 @@ __all__ = (
     "Proposer",
     "SequentialAggregator",
     "Subset",
+    "WrappedAgent",
     "emitter",
 )
 
@@ -129,6 +130,43 @@ class Agent(abc.ABC):
         Returns:
             The candidates, in sample order, and what its engines returned (samples and usage).
         """
+
+
+@define(eq=False)
+class WrappedAgent(Agent):
+    """An agent that changes how another runs: its samples, engines and confidence are the other's.
+
+    Subclasses (:class:`~aftlib.Drafts`, :class:`~aftlib.ConfidenceFilter`) override :meth:`run`.
+
+    Attributes:
+        agent: The wrapped agent.
+        name: The agent's name; the wrapped agent's by default.
+    """
+
+    agent: Agent
+    name: str = field(default=attrs.Factory(lambda self: self.agent.name, takes_self=True), kw_only=True)
+
+    @property
+    def samples(self) -> int:
+        """The wrapped agent's."""
+        return self.agent.samples
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """The wrapped agent's."""
+        return self.agent.engines
+
+    def generations(self, references: int) -> int:
+        """The wrapped agent's."""
+        return self.agent.generations(references)
+
+    def describe(self) -> dict[str, Any]:
+        """The wrapped agent's description, under this agent's name."""
+        return {**self.agent.describe(), "name": self.name}
+
+    def with_confidence(self, what: str) -> Agent:
+        """This agent, wrapping the wrapped agent made to give confidences."""
+        return evolve(self, agent=self.agent.with_confidence(what))
 
 
 def refuse_confidence(agent: Agent, what: str) -> NoReturn:

@@ -34,7 +34,7 @@ import anyio
 import attrs
 from attrs import define, evolve, field, frozen
 
-from ._agents import Agent, Emit, ModelAgent
+from ._agents import Agent, Emit, ModelAgent, WrappedAgent
 from ._confidence import Confidence, TokenConfidences, quantile, token_confidence
 from ._errors import ConfigError, EngineError
 from ._extract import AnswerExtractor
@@ -42,7 +42,6 @@ from ._logging import context, get_logger
 from ._results import Candidate, CandidateDone, TokenDelta
 from ._types import ChatRequest, Completion, Cut, Delta, Message, Sample, TokenLogprob, Usage
 from ._util import unwrap_group
-from .engines._base import Engine
 
 __all__ = ("Consensus", "Drafts", "NoDraftsError", "OnlineStop", "TokenMeter", "draft_budget")
 
@@ -215,7 +214,7 @@ class _Draft:
         return TokenConfidences.of(self.entries)
 
 
-def _check_agent(_: object, __: object, agent: ModelAgent) -> None:
+def _check_agent(agent: Agent) -> None:
     if not isinstance(agent, ModelAgent) or agent.reads_references:
         raise ConfigError(
             f"Drafts wraps a proposer (a model agent that drafts from the conversation), got "
@@ -224,7 +223,7 @@ def _check_agent(_: object, __: object, agent: ModelAgent) -> None:
 
 
 @define(eq=False)
-class Drafts(Agent):
+class Drafts(WrappedAgent):
     """A proposer's ``n`` drafts drawn one request each, stopped or skipped when they are not needed.
 
     See the module's description for online stopping, adaptive sampling and the token budget. Without
@@ -242,14 +241,13 @@ class Drafts(Agent):
         name: The agent's name; the proposer's by default.
     """
 
-    agent: ModelAgent = field(validator=_check_agent)
     stop: OnlineStop | None = field(default=None, kw_only=True)
     consensus: Consensus | None = field(default=None, kw_only=True)
     wave: int | None = field(default=None, kw_only=True, validator=_count("wave", optional=True))
-    name: str = field(default=attrs.Factory(lambda self: self.agent.name, takes_self=True), kw_only=True)
 
     def __attrs_post_init__(self) -> None:
-        n = self.agent.sampling.n
+        _check_agent(self.agent)
+        n = self.proposer.sampling.n
         if self.stop is not None:
             if self.stop.warmup is not None and self.stop.warmup >= n:
                 raise ConfigError(
@@ -266,23 +264,15 @@ class Drafts(Agent):
             )
 
     @property
-    def samples(self) -> int:
-        """The most drafts it gives."""
-        return self.agent.samples
-
-    @property
-    def engines(self) -> tuple[Engine, ...]:
-        """The proposer's engine."""
-        return self.agent.engines
+    def proposer(self) -> ModelAgent:
+        """The wrapped proposer (checked to be a model agent that reads no references)."""
+        assert isinstance(self.agent, ModelAgent)
+        return self.agent
 
     @property
     def max_tokens(self) -> int:
         """The most tokens one draft may generate."""
-        return self.agent.sampling.max_tokens
-
-    def generations(self, references: int) -> int:
-        """At most ``sampling.n``."""
-        return self.agent.generations(references)
+        return self.proposer.sampling.max_tokens
 
     def describe(self) -> dict[str, Any]:
         """The proposer's description, with how drafting stops."""
@@ -290,15 +280,8 @@ class Drafts(Agent):
         def spec(value: Any) -> Any:
             return None if value is None else attrs.asdict(value, filter=lambda a, _: a.name != "extractor")
 
-        return {
-            **self.agent.describe(),
-            "name": self.name,
-            "drafting": {"stop": spec(self.stop), "consensus": spec(self.consensus), "wave": self.wave},
-        }
-
-    def with_confidence(self, what: str) -> Drafts:
-        """This agent, its drafts carrying their confidences."""
-        return evolve(self, agent=self.agent.with_confidence(what))
+        drafting = {"stop": spec(self.stop), "consensus": spec(self.consensus), "wave": self.wave}
+        return {**super().describe(), "drafting": drafting}
 
     async def run(
         self,
@@ -314,7 +297,7 @@ class Drafts(Agent):
         Raises:
             NoDraftsError: Every draft drawn was stopped for low confidence.
         """
-        agent = self.agent
+        agent = self.proposer
         with context(layer=layer, agent=self.name):
             request, cuts = await agent.fitted(partial(agent.prepare, conversation, references))
             drawn = await self._draw(request, cuts, layer=layer, emit=emit, is_answer=is_answer)
@@ -389,7 +372,7 @@ class Drafts(Agent):
         recent: deque[float] = deque()
         total = 0.0
         with draft.scope:
-            async with self.agent.engine.stream(draft.request) as items:
+            async with self.proposer.engine.stream(draft.request) as items:
                 async for item in items:
                     if not isinstance(item, Delta):
                         draft.completion = item

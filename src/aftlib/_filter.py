@@ -9,12 +9,11 @@ from typing import Any, ClassVar
 import attrs
 from attrs import define, evolve, field
 
-from ._agents import Agent, Emit
+from ._agents import Agent, Emit, WrappedAgent
 from ._confidence import Confidence
 from ._errors import ConfigError
 from ._results import Candidate, References
 from ._types import Completion, Message
-from .engines._base import Engine
 
 __all__ = ("ConfidenceFilter",)
 
@@ -24,7 +23,7 @@ def _check_keep(_: object, __: object, value: float) -> None:
         raise ConfigError(f"keep is a share of the candidates in (0, 1], got {value!r}", path="keep")
 
 
-def _check_reader(_: object, __: object, agent: Agent) -> None:
+def _check_reader(agent: Agent) -> None:
     if not isinstance(agent, Agent) or not agent.reads_references:
         raise ConfigError(
             f"a confidence filter wraps an agent that reads candidates (a vote, an aggregator, a selection), "
@@ -33,7 +32,7 @@ def _check_reader(_: object, __: object, agent: Agent) -> None:
 
 
 @define(eq=False)
-class ConfidenceFilter(Agent):
+class ConfidenceFilter(WrappedAgent):
     """An aggregator or vote that reads only the ``keep`` share of the candidates with the highest confidence.
 
     The candidates are scored by :attr:`confidence` (DeepConf filters by the lowest group or the tail
@@ -50,20 +49,11 @@ class ConfidenceFilter(Agent):
 
     reads_references: ClassVar[bool] = True
 
-    agent: Agent = field(validator=_check_reader)
     keep: float = field(default=0.5, converter=float, validator=_check_keep, kw_only=True)
     confidence: Confidence = field(factory=Confidence, kw_only=True)
-    name: str = field(default=attrs.Factory(lambda self: self.agent.name, takes_self=True), kw_only=True)
 
-    @property
-    def samples(self) -> int:
-        """The wrapped agent's."""
-        return self.agent.samples
-
-    @property
-    def engines(self) -> tuple[Engine, ...]:
-        """The wrapped agent's."""
-        return self.agent.engines
+    def __attrs_post_init__(self) -> None:
+        _check_reader(self.agent)
 
     @property
     def needs_confidence(self) -> bool:
@@ -81,11 +71,7 @@ class ConfidenceFilter(Agent):
     def describe(self) -> dict[str, Any]:
         """The wrapped agent's description, with the filter."""
         spec = {"keep": self.keep, "confidence": attrs.asdict(self.confidence)}
-        return {**self.agent.describe(), "name": self.name, "filter": spec}
-
-    def with_confidence(self, what: str) -> Agent:
-        """The wrapped agent's candidates' confidence."""
-        return evolve(self, agent=self.agent.with_confidence(what))
+        return {**super().describe(), "filter": spec}
 
     def choose(self, candidates: Sequence[Candidate]) -> tuple[int, ...]:
         """The positions kept, ascending."""

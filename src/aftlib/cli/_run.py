@@ -15,13 +15,12 @@ from attrs import define, evolve, field
 
 from .. import config
 from .._accounting import PriceTable
-from .._agents import Agent, Emit
+from .._agents import Emit, WrappedAgent
 from .._extract import AnswerExtractor
 from .._io import iter_json, read_yaml
 from .._results import Candidate
 from .._topology import Topology
 from .._types import Completion, Message
-from ..engines._base import Engine
 from ..run import FORMATS, Runner, RunSummary, Shard, journal_path, shard_spec, summary_path
 from ._common import (
     Interrupted,
@@ -165,44 +164,21 @@ def _demo_topology() -> tuple[Topology, _Tally]:
     gold = {}
     for item in iter_json(_data("sample_problems.jsonl"), what="input"):
         gold[item.value["prompt"]] = item.value["answer"]
-    tally = _Tally(topology.final, gold)
+    tally = _Tally(topology.final, gold=gold)
     return evolve(topology, final=tally), tally
 
 
 @define(eq=False)
-class _Tally(Agent):
+class _Tally(WrappedAgent):
     """A final agent as it is, that also counts how often its references and its answers are right.
 
     The demo's topology has one aggregation (``num_aggregation: 1``), so the references are the drafts.
     """
 
     reads_references: ClassVar[bool] = True
-    inner: Agent
-    gold: dict[str, str]
+    gold: dict[str, str] = field(kw_only=True)
     drafts: list[bool] = field(factory=list)
     answers: list[bool] = field(factory=list)
-    name: str = field(default="", kw_only=True)
-
-    def __attrs_post_init__(self) -> None:
-        self.name = self.inner.name
-
-    @property
-    def samples(self) -> int:
-        """The inner agent's."""
-        return self.inner.samples
-
-    @property
-    def engines(self) -> tuple[Engine, ...]:
-        """The inner agent's."""
-        return self.inner.engines
-
-    def generations(self, references: int) -> int:
-        """The inner agent's."""
-        return self.inner.generations(references)
-
-    def describe(self) -> dict[str, Any]:
-        """The inner agent's."""
-        return self.inner.describe()
 
     async def run(
         self,
@@ -214,7 +190,7 @@ class _Tally(Agent):
         is_answer: bool = False,
     ) -> tuple[tuple[Candidate, ...], Completion]:
         """Run the inner agent; count the drafts and the answer against the gold answer."""
-        candidates, completion = await self.inner.run(
+        candidates, completion = await self.agent.run(
             conversation, references, layer=layer, emit=emit, is_answer=is_answer
         )
         gold = self.gold.get(conversation[-1].content) if conversation else None
