@@ -51,11 +51,13 @@ from ._results import (
 from ._select import BestOfN, Select
 from ._structured import ResponseFormat, StructuredOutputError
 from ._templates import PromptTemplate
+from ._tools import Tool, ToolCall, ToolCallError, ToolChoice
 from ._topology import EarlyExit, Layer, Topology
 from ._trace import TracedRequest, traced_requests
 from ._types import (
     ChatRequest,
     Completion,
+    Conversation,
     Cut,
     Delta,
     Message,
@@ -94,6 +96,7 @@ __all__ = (
     "ConfidenceFilter",
     "Consensus",
     "ContextLengthError",
+    "Conversation",
     "Cut",
     "Delta",
     "Drafts",
@@ -132,6 +135,10 @@ __all__ = (
     "TokenConfidences",
     "TokenDelta",
     "TokenLogprob",
+    "Tool",
+    "ToolCall",
+    "ToolCallError",
+    "ToolChoice",
     "Topology",
     "TracedRequest",
     "Usage",

@@ -27,7 +27,8 @@ from ._logging import context, get_logger
 from ._results import Candidate, CandidateDone, Event, TokenDelta
 from ._structured import StructuredOutputError
 from ._templates import PromptTemplate, as_template
-from ._types import ChatRequest, Completion, Cut, Delta, Message, SamplingParams, Usage
+from ._tools import Tool, ToolCallError, ToolChoice, call_problem
+from ._types import ChatRequest, Completion, Cut, Delta, Message, Sample, SamplingParams, Usage, tools_of
 from ._util import unwrap_group
 from .engines._base import Engine
 
@@ -263,20 +264,28 @@ class ModelAgent(Agent):
         def build(texts: Sequence[str]) -> list[Message]:
             return self.template.messages(conversation, texts)
 
-        return self._request_for(build, references, sampling)
+        tools, choice = tools_of(conversation)
+        if choice.mode == "none":  # the model may not call: it is not shown the tools
+            tools, choice = (), ToolChoice()
+        return self._request_for(build, references, sampling, tools=tools, tool_choice=choice)
 
     def _request_for(
         self,
         build: Callable[[Sequence[str]], list[Message]],
         references: Sequence[str],
         sampling: SamplingParams,
+        *,
+        tools: Sequence[Tool] = (),
+        tool_choice: ToolChoice | None = None,
     ) -> tuple[ChatRequest, tuple[Cut, ...]]:
         """The request whose messages ``build`` makes from the references that fit the engine's context.
 
-        It carries the priority of the step it is built in (:mod:`._priority`, the request's default).
+        It carries the priority of the step it is built in (:mod:`._priority`, the request's default),
+        and the conversation's tools when the agent's model may call them.
         """
         messages, fitted, cuts = fit(self.engine, build, references, sampling)
-        return ChatRequest(messages, fitted, self.lora), cuts
+        choice = ToolChoice() if tool_choice is None else tool_choice
+        return ChatRequest(messages, fitted, self.lora, tools=tools, tool_choice=choice), cuts
 
     async def fitted(self, prepare: Callable[[], T]) -> T:
         """Run ``prepare`` (which renders prompts and counts their tokens) off the event loop.
@@ -303,6 +312,15 @@ class ModelAgent(Agent):
                     f"agent {self.name!r}: sample {sample.index} is {problem}{cut}; engine "
                     f"{self.engine.name!r} {can} decoding to the response_format ({fmt.type})"
                 )
+
+    def tool_problem(self, request: ChatRequest, sample: Sample) -> str | None:
+        """Why a sample's tool calls are unusable (as the engine read them, then against the tools)."""
+        problem = sample.tool_error or call_problem(sample.tool_calls, request.tools, request.tool_choice)
+        if problem is None:
+            return None
+        if sample.tool_error is None and sample.tool_calls:
+            problem = f"a bad tool call: {problem}"
+        return problem + (" (cut off at max_tokens)" if sample.finish_reason == "length" else "")
 
     async def run(
         self,
@@ -354,6 +372,9 @@ class ModelAgent(Agent):
         if completion is None:
             raise RuntimeError(f"engine {self.engine.name!r} ended a stream without a completion")
         self._check_format(request, completion)
+        problems = {s.index: self.tool_problem(request, s) for s in completion.samples}
+        if is_answer and (bad := next(((i, p) for i, p in sorted(problems.items()) if p), None)):
+            raise ToolCallError(f"agent {self.name!r}: the answer (sample {bad[0]}) has {bad[1]}")
         candidates = tuple(
             Candidate(
                 layer,
@@ -367,6 +388,8 @@ class ModelAgent(Agent):
                 (request,),
                 read,
                 confidence=None if s.logprobs is None else TokenConfidences.of(s.logprobs),
+                tool_calls=s.tool_calls,
+                tool_error=problems[s.index],
             )
             for s in sorted(completion.samples, key=lambda s: s.index)
         )

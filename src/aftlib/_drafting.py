@@ -40,6 +40,7 @@ from ._errors import ConfigError, EngineError
 from ._extract import AnswerExtractor
 from ._logging import context, get_logger
 from ._results import Candidate, CandidateDone, TokenDelta
+from ._tools import calls_key
 from ._types import ChatRequest, Completion, Cut, Delta, Message, Sample, TokenLogprob, Usage
 from ._util import unwrap_group
 
@@ -127,11 +128,14 @@ class Consensus:
 
     def reached(self, texts: Sequence[str]) -> bool:
         """True when ``texts`` (finished drafts) are enough and agree enough."""
-        if len(texts) < self.min_drafts:
+        return self.agrees([self.extractor.extract(t).answer for t in texts])
+
+    def agrees(self, answers: Sequence[str | None]) -> bool:
+        """True when the finished drafts' ``answers`` (None: no answer) are enough and agree enough."""
+        if len(answers) < self.min_drafts:
             return False
-        answers = [self.extractor.extract(t).answer for t in texts]
         counts = Counter(a for a in answers if a is not None)
-        return bool(counts) and max(counts.values()) >= self.agreement * len(texts)
+        return bool(counts) and max(counts.values()) >= self.agreement * len(answers)
 
 
 @define
@@ -204,6 +208,11 @@ class _Draft:
         if self.completion is not None:
             return sum(s.completion_tokens for s in self.completion.samples)
         return max(len(self.entries), self.deltas)
+
+    def answer(self, extractor: AnswerExtractor) -> str | None:
+        """What consensus compares: its tool calls (as canonical JSON) if it makes any, else its answer."""
+        calls = self.completion.samples[0].tool_calls if self.completion is not None else ()
+        return calls_key(calls) if calls else extractor.extract("".join(self.texts)).answer
 
     def confidences(self) -> TokenConfidences:
         """Its token confidences: from the finished sample, else from what streamed."""
@@ -333,7 +342,7 @@ class Drafts(WrappedAgent):
                     break
                 index = len(drafts)
                 one = evolve(sampling, n=1, seed=(seed + index) % 2**31)
-                one_request = ChatRequest(request.messages, one, request.lora, priority=request.priority)
+                one_request = attrs.evolve(request, sampling=one)
                 draft = _Draft(index, one_request)
                 drafts.append(draft)
                 running.add(index)
@@ -351,7 +360,9 @@ class Drafts(WrappedAgent):
             if threshold is None and stop is not None and warmup and len(done) >= warmup:
                 threshold = stop.calibrate([d.confidences() for d in done[:warmup]])
                 log.debug("threshold calibrated", threshold=round(threshold, 4))
-            if self.consensus is not None and self.consensus.reached(["".join(d.texts) for d in done]):
+            if self.consensus is not None and self.consensus.agrees(
+                [d.answer(self.consensus.extractor) for d in done]
+            ):
                 agreed = True
                 for other in drafts:
                     if other.index in running:
@@ -450,6 +461,8 @@ class Drafts(WrappedAgent):
                     (d.request,),
                     details=details,
                     confidence=None if sample.logprobs is None else TokenConfidences.of(sample.logprobs),
+                    tool_calls=sample.tool_calls,
+                    tool_error=self.proposer.tool_problem(d.request, sample),
                 )
             )
         get_logger(__name__).debug("drafts", **details["drafting"], saved_tokens=usage.saved_tokens)

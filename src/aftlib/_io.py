@@ -32,6 +32,9 @@ from typing import IO, Any
 from attrs import frozen
 
 from ._errors import ConfigError, InputError
+from ._templates import tool_instructions
+from ._tools import Tool, ToolCall, render_calls
+from ._types import Message
 
 __all__ = (
     "JsonItem",
@@ -357,7 +360,11 @@ def file_fingerprint(path: PathLike) -> str:
 
 
 def render_prompt(
-    tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation_prompt: bool = True
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tools: Sequence[Tool] = (),
+    generation_prompt: bool = True,
 ) -> str:
     """The prompt text of ``messages``: the tokenizer's chat template with the generation prompt.
 
@@ -366,19 +373,56 @@ def render_prompt(
 
     Args:
         tokenizer: A Hugging Face tokenizer with a chat template.
-        messages: The chat, as ``{"role", "content"}`` mappings (or :class:`~aftlib.Message`).
+        messages: The chat, as ``{"role", "content"}`` mappings (or :class:`~aftlib.Message`, whose tool
+            calls and tool results come along).
+        tools: Tools the model may call: given to a chat template that renders tools (one that names
+            ``tools``); for any other, aftlib's tool instructions (``prompts/tools/hermes.j2``) join
+            the system message and earlier calls are written into their turns as ``<tool_call>`` tags.
         generation_prompt: Whether to open the assistant's turn; false renders the chat as it stands
             (a training example, its answer included).
     """
+    rows = [m.to_template() if isinstance(m, Message) else {"role": m["role"], "content": m["content"]}
+            for m in messages]  # fmt: skip
+    extra: dict[str, Any] = {}
+    if tools and "tools" in str(getattr(tokenizer, "chat_template", None) or ""):
+        extra["tools"] = [t.to_openai() for t in tools]
+    elif tools or any("tool_calls" in row for row in rows):
+        rows = _tools_in_text(rows, tool_instructions(tools) if tools else None)
     text: str = tokenizer.apply_chat_template(
-        [{"role": m["role"], "content": m["content"]} for m in messages],
-        tokenize=False,
-        add_generation_prompt=generation_prompt,
+        rows, tokenize=False, add_generation_prompt=generation_prompt, **extra
     )
     return text
 
 
-def prompt_token_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
+def _tools_in_text(rows: list[dict[str, Any]], instructions: str | None) -> list[dict[str, Any]]:
+    """Turns for a chat template that knows no tools.
+
+    The instructions join the system message, and each call is written into its assistant turn as the
+    model writes calls.
+    """
+    out = []
+    for row in rows:
+        calls = row.pop("tool_calls", None)
+        row.pop("tool_call_id", None)
+        if calls:
+            tagged = render_calls(
+                [ToolCall.of(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+            )
+            row["content"] = f"{row['content']}\n{tagged}" if row["content"] else tagged
+        out.append(row)
+    if instructions is not None:
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{instructions}"}
+        else:
+            out.insert(0, {"role": "system", "content": instructions})
+    return out
+
+
+def prompt_token_ids(
+    tokenizer: Any, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Tool] = ()
+) -> list[int]:
     """The token ids of :func:`render_prompt`, without added special tokens (BOS is never doubled)."""
-    ids: list[int] = tokenizer.encode(render_prompt(tokenizer, messages), add_special_tokens=False)
+    ids: list[int] = tokenizer.encode(
+        render_prompt(tokenizer, messages, tools=tools), add_special_tokens=False
+    )
     return ids

@@ -77,10 +77,15 @@ def parse_input_record(data: Any, *, line: int) -> InputRecord:
         raise InputError(f"the record's id must be a string or an integer, got {own!r}")
     rid: str | int = own if own is not None else line
     followups: tuple[str, ...] = ()
+    conversation: tuple[Message, ...]
     if "query" in data:
         kind, conversation = "aft", as_conversation(data["query"], path="query")
     elif "messages" in data:
-        kind, conversation = "messages", as_conversation(data["messages"], path="messages")
+        tools, choice = data.get("tools"), data.get("tool_choice")  # OpenAI's keys, beside the messages
+        kind, conversation = (
+            "messages",
+            as_conversation(data["messages"], tools=tools, tool_choice=choice, path="messages"),
+        )
     elif "turns" in data:
         turns = data["turns"]
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):

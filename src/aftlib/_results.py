@@ -8,6 +8,7 @@ from typing import Any, Literal, overload
 from attrs import field, frozen
 
 from ._confidence import TokenConfidences
+from ._tools import ToolCall, render_calls
 from ._types import ChatRequest, Cut, Usage
 
 __all__ = (
@@ -22,6 +23,10 @@ __all__ = (
     "Result",
     "TokenDelta",
 )
+
+
+def _call_tuple(value: Iterable[ToolCall]) -> tuple[ToolCall, ...]:
+    return tuple(value)
 
 
 @frozen
@@ -45,6 +50,12 @@ class Candidate:
             selection chose and why); JSON-ready.
         confidence: The token confidences of the sample (:class:`~aftlib.TokenConfidences`), when its
             request asked for log probabilities; None otherwise.
+        tool_calls: The tools it calls, when the conversation offered tools (``text`` is then the text
+            before the calls, often empty).
+        tool_error: Why its tool calls are unusable (malformed, an unknown function, arguments off their
+            schema, a call missing that ``tool_choice`` requires), or None. A layer drops such a draft
+            (:attr:`LayerResult.malformed`); a final answer with one fails the run
+            (:class:`~aftlib.ToolCallError`).
     """
 
     layer: int
@@ -59,6 +70,16 @@ class Candidate:
     read: tuple[int, ...] | None = None
     details: Mapping[str, Any] = field(factory=dict, eq=False)
     confidence: TokenConfidences | None = field(default=None, eq=False, repr=False)
+    tool_calls: tuple[ToolCall, ...] = field(default=(), converter=_call_tuple)
+    tool_error: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """The candidate as the next layer reads it: its text, then its tool calls as tagged JSON."""
+        if not self.tool_calls:
+            return self.text
+        calls = render_calls(self.tool_calls)
+        return f"{self.text}\n{calls}" if self.text else calls
 
 
 class References(Sequence[str]):
@@ -66,7 +87,9 @@ class References(Sequence[str]):
 
     A topology hands every agent its references as a ``References``: a sequence of texts, as
     :meth:`Agent.run <aftlib.Agent.run>` declares, whose :attr:`candidates` also give what a strategy
-    may weigh them by (their confidence, their agent). Slicing gives a ``References`` too.
+    may weigh them by (their confidence, their agent, their tool calls). A candidate that calls tools
+    reads as its text followed by its calls (:attr:`Candidate.reference`), so an aggregator is shown the
+    proposed calls as data. Slicing gives a ``References`` too.
     """
 
     __slots__ = ("candidates",)
@@ -83,13 +106,13 @@ class References(Sequence[str]):
     def __getitem__(self, index: int | slice) -> str | References:
         if isinstance(index, slice):
             return References(self.candidates[index])
-        return self.candidates[index].text
+        return self.candidates[index].reference
 
     def __len__(self) -> int:
         return len(self.candidates)
 
     def __iter__(self) -> Iterator[str]:
-        return (c.text for c in self.candidates)
+        return (c.reference for c in self.candidates)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Sequence) and not isinstance(other, str):
@@ -100,6 +123,14 @@ class References(Sequence[str]):
 
     def __repr__(self) -> str:
         return f"References({list(self)!r})"
+
+
+def picked(references: Sequence[str], index: int) -> tuple[str, tuple[ToolCall, ...]]:
+    """The text and tool calls of reference ``index``: what a vote or a selection gives when it picks it."""
+    if isinstance(references, References):
+        candidate = references.candidates[index]
+        return candidate.text, candidate.tool_calls
+    return references[index], ()
 
 
 FailureReason = Literal["error", "timeout", "cancelled"]
@@ -139,6 +170,9 @@ class LayerResult:
         usage_by_agent: The tokens each agent's requests used, by agent name (agents that gave no
             candidates are absent: the tokens of a failed or cancelled request are not known).
         failures: The agents that gave no candidates, in agent order.
+        malformed: Drafts dropped because their tool calls were unusable
+            (:attr:`Candidate.tool_error`); they are not among :attr:`candidates`, and the next layer
+            does not read them.
     """
 
     index: int
@@ -147,6 +181,7 @@ class LayerResult:
     elapsed: float = field(default=0.0, eq=False)
     usage_by_agent: dict[str, Usage] = field(factory=dict)
     failures: tuple[AgentFailure, ...] = ()
+    malformed: tuple[Candidate, ...] = ()
 
     @property
     def texts(self) -> list[str]:
@@ -190,6 +225,16 @@ class Result:
     def text(self) -> str:
         """The final answer's text."""
         return self.answer.text
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The tools the final answer calls (empty for a text answer)."""
+        return self.answer.tool_calls
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the answer ended: ``"tool_calls"`` when it calls tools, else its sample's reason."""
+        return "tool_calls" if self.answer.tool_calls else self.answer.finish_reason
 
     @property
     def failures(self) -> tuple[AgentFailure, ...]:

@@ -20,7 +20,7 @@ from attrs import define, evolve, field
 from ._agents import Emit, ModelAgent, refuse_confidence
 from ._errors import ConfigError, EngineError
 from ._logging import context, get_logger
-from ._results import Candidate, CandidateDone, TokenDelta
+from ._results import Candidate, CandidateDone, TokenDelta, picked
 from ._templates import PromptTemplate, as_template
 from ._types import ChatRequest, Completion, Cut, Message, SamplingParams, Usage
 from ._util import unwrap_group
@@ -267,11 +267,12 @@ class Select(ModelAgent):
                 chosen = 0
             usage = Usage.sum(c.usage for c in completions)
             details = {"chosen": chosen, "attempts": len(raw), "fallback": fallback, "raw": raw}
+            text, calls = picked(references, chosen)
             candidate = Candidate(
                 layer,
                 self.name,
                 0,
-                references[chosen],
+                text,
                 "stop",
                 usage.prompt_tokens,
                 usage.completion_tokens,
@@ -279,6 +280,7 @@ class Select(ModelAgent):
                 tuple(requests),
                 None,
                 details,
+                tool_calls=calls,
             )
             log.debug("selected", chosen=chosen, attempts=len(raw))
             await _give(self, candidate, emit, is_answer=is_answer)
@@ -448,11 +450,12 @@ class BestOfN(ModelAgent):
                 "failures": [{"index": i, "error": unscored[i]} for i in sorted(unscored)],
                 "raw": raw,
             }
+            text, calls = picked(references, chosen)
             candidate = Candidate(
                 layer,
                 self.name,
                 0,
-                references[chosen],
+                text,
                 "stop",
                 usage.prompt_tokens,
                 usage.completion_tokens,
@@ -460,6 +463,7 @@ class BestOfN(ModelAgent):
                 tuple(prepared[i][0] for i in sorted(completions)),
                 None,
                 details,
+                tool_calls=calls,
             )
             log.debug("best of n", chosen=chosen, score=scores[chosen])
             await _give(self, candidate, emit, is_answer=is_answer)

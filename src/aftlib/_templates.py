@@ -29,9 +29,10 @@ import jinja2.sandbox
 from attrs import field, frozen
 
 from ._errors import InputError, TemplateError
+from ._tools import Tool, canonical
 from ._types import Message
 
-__all__ = ("PromptTemplate", "as_template", "builtin_templates", "prompts_dir")
+__all__ = ("PromptTemplate", "as_template", "builtin_templates", "prompts_dir", "tool_instructions")
 
 #: The named blocks that render a message, in the order of the request.
 _PARTS = ("system", "user")
@@ -62,6 +63,12 @@ def _environment(folder: Path) -> jinja2.sandbox.SandboxedEnvironment:
         autoescape=False,
         keep_trailing_newline=False,
     )
+
+
+def tool_instructions(tools: Sequence[Tool]) -> str:
+    """How to call ``tools``, for a model whose chat template does not render tools (``prompts/tools/``)."""
+    template = _environment(prompts_dir()).get_template("tools/hermes.j2")
+    return template.render(tools=[canonical(t.to_openai()) for t in tools])
 
 
 def _syntax_error(exc: jinja2.TemplateSyntaxError, name: str) -> TemplateError:

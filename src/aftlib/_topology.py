@@ -32,6 +32,7 @@ from ._results import (
     TokenDelta,
 )
 from ._streams import DEFAULT_BUFFER, move_on_after, producer_stream
+from ._tools import calls_key
 from ._types import Completion, Message, Usage, as_conversation
 from ._util import unwrap_group
 from .engines._base import Engine
@@ -170,13 +171,22 @@ class Layer:
         if failures:
             log.info("layer went on without some agents", candidates=got, failed=[f.agent for f in failures])
         done = [outcomes[slot] for slot in sorted(outcomes)]
+        every = [c for candidates, _ in done for c in candidates]
+        malformed = tuple(c for c in every if c.tool_error is not None)
+        if malformed:
+            log.info(
+                "drafts with unusable tool calls dropped",
+                dropped=len(malformed),
+                errors=[f"{c.agent}[{c.index}]: {c.tool_error}" for c in malformed],
+            )
         return LayerResult(
             index,
-            tuple(c for candidates, _ in done for c in candidates),
+            tuple(c for c in every if c.tool_error is None),
             Usage.sum(completion.usage for _, completion in done),
             time.perf_counter() - start,
             {self.agents[slot].name: outcomes[slot][1].usage for slot in sorted(outcomes)},
             tuple(failures),
+            malformed,
         )
 
 
@@ -218,7 +228,14 @@ class EarlyExit:
         """The first candidate holding the agreed answer, or None when the candidates do not agree enough."""
         if not candidates:
             return None
-        keys = [c.text if self.by == "text" else self.extractor.extract(c.text).answer for c in candidates]
+        keys = [
+            c.reference
+            if self.by == "text"
+            else calls_key(c.tool_calls)
+            if c.tool_calls
+            else self.extractor.extract(c.text).answer
+            for c in candidates
+        ]
         counts = Counter(k for k in keys if k is not None)
         if not counts:
             return None
@@ -392,12 +409,15 @@ class Topology:
         on_event: EventCallback | None = None,
         on_answer: EventCallback | None = None,
         order: int | None = None,
+        tools: Any = None,
+        tool_choice: Any = None,
     ) -> Result:
         """Run the pipeline on one conversation.
 
         Args:
-            conversation: ``[{"role": ..., "content": ...}, ...]`` ending with a user turn, or a string
-                for a single user turn.
+            conversation: ``[{"role": ..., "content": ...}, ...]`` ending with a user turn (or a tool's
+                result), or a string for a single user turn; a :class:`~aftlib.Conversation` brings its
+                tools.
             on_event: Called (and awaited, if it returns an awaitable) with every :class:`Event`, in order,
                 in the calling task. A slow callback slows the run down (the events wait in a bounded
                 buffer) but never counts against a layer's or an engine's timeout.
@@ -407,6 +427,11 @@ class Topology:
             order: The run's age among runs that share the engines, for request priorities (lower is
                 older, and goes first within a step); None takes the next number of a process-wide
                 count. The runner passes one order for every turn of a record.
+            tools: Tools every model agent may call (:class:`~aftlib.Tool` objects or OpenAI's tool
+                objects): proposers may draft calls, a vote counts them, aggregators are shown them, and
+                the answer may call tools (:attr:`Result.tool_calls <aftlib.Result.tool_calls>`).
+            tool_choice: ``"auto"`` (default), ``"none"``, ``"required"`` or a named function, for
+                every agent that asks a model.
 
         Returns:
             The answer with every layer's candidates and the tokens used.
@@ -415,7 +440,7 @@ class Topology:
             InputError: The conversation is malformed.
             EngineError: An engine failed.
         """
-        messages = as_conversation(conversation)
+        messages = as_conversation(conversation, tools=tools, tool_choice=tool_choice)
         emit, answer = emitter(on_event), emitter(on_answer)
         if emit is None:  # no one watches every token: drafts need not stream
             return await self._run(messages, None, answer_emit=answer, order=order)
@@ -511,7 +536,12 @@ class Topology:
         return result
 
     def stream(
-        self, conversation: Sequence[Mapping[str, Any]] | str, *, buffer: int = DEFAULT_BUFFER
+        self,
+        conversation: Sequence[Mapping[str, Any]] | str,
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        tools: Any = None,
+        tool_choice: Any = None,
     ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
         """Run the pipeline in a task the block owns and give its events as they happen.
 
@@ -525,11 +555,15 @@ class Topology:
             conversation: As for :meth:`run`.
             buffer: Events held for a consumer that has not taken them yet; a slower consumer makes the
                 run wait (its time does not count against timeouts).
+            tools: As for :meth:`run`.
+            tool_choice: As for :meth:`run`.
 
         Raises:
-            InputError: The conversation is malformed (raised before anything runs).
+            InputError: The conversation, its tools or the tool choice are malformed (raised before
+                anything runs).
         """
-        return self._stream(as_conversation(conversation), buffer=buffer)
+        messages = as_conversation(conversation, tools=tools, tool_choice=tool_choice)
+        return self._stream(messages, buffer=buffer)
 
     def _stream(
         self, messages: tuple[Message, ...], *, buffer: int = DEFAULT_BUFFER, order: int | None = None

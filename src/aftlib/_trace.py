@@ -15,7 +15,8 @@ from attrs import frozen
 
 from ._errors import InputError
 from ._results import AgentFailure, Candidate, Result
-from ._types import ChatRequest, Message, SamplingParams
+from ._tools import as_tool_choice, as_tools
+from ._types import ChatRequest, Message, SamplingParams, turn_calls
 
 __all__ = ("TracedRequest", "failure_dict", "trace", "traced_requests")
 
@@ -57,6 +58,11 @@ def _request_dict(layer: int, agent: str, request: ChatRequest) -> dict[str, Any
             "response_format": None if s.response_format is None else s.response_format.to_openai(),
         },
         "lora": request.lora,
+        **(
+            {"tools": [t.to_openai() for t in request.tools], "tool_choice": request.tool_choice.to_openai()}
+            if request.tools
+            else {}
+        ),
     }
 
 
@@ -72,6 +78,8 @@ def _candidate_dict(c: Candidate) -> dict[str, Any]:
         **({"read": list(c.read)} if c.read is not None else {}),
         **({"details": dict(c.details)} if c.details else {}),
         **({"confidence": c.confidence.summary()} if c.confidence is not None else {}),
+        **({"tool_calls": [t.to_openai() for t in c.tool_calls]} if c.tool_calls else {}),
+        **({"tool_error": c.tool_error} if c.tool_error is not None else {}),
     }
 
 
@@ -88,6 +96,11 @@ def trace(result: Result) -> dict[str, Any]:
         "layers": [[_candidate_dict(c) for c in layer.candidates] for layer in result.layers],
         "layer_elapsed": [round(layer.elapsed, 4) for layer in result.layers],
         "failures": [failure_dict(f) for f in result.failures],
+        **(
+            {"malformed": [[_candidate_dict(c) for c in layer.malformed] for layer in result.layers]}
+            if any(layer.malformed for layer in result.layers)
+            else {}
+        ),
         "answer": _candidate_dict(result.answer),
         "requests": requests,
         "elapsed": round(result.elapsed, 4),
@@ -117,11 +130,10 @@ def traced_requests(entry: Mapping[str, Any]) -> list[TracedRequest]:
         try:
             messages = [_message(m, f"{where}.messages[{j}]") for j, m in enumerate(item["messages"])]
             sampling = SamplingParams(**item["sampling"])
-            out.append(
-                TracedRequest(
-                    int(item["layer"]), str(item["agent"]), ChatRequest(messages, sampling, item["lora"])
-                )
-            )
+            tools = as_tools(item.get("tools"), where=f"{where}.tools")
+            choice = as_tool_choice(item.get("tool_choice"), tools, where=f"{where}.tool_choice")
+            request = ChatRequest(messages, sampling, item["lora"], tools=tools, tool_choice=choice)
+            out.append(TracedRequest(int(item["layer"]), str(item["agent"]), request))
         except InputError:
             raise
         except (TypeError, ValueError) as exc:
@@ -135,4 +147,4 @@ def _message(turn: Any, where: str) -> Message:
     for key in ("role", "content"):
         if key not in turn:
             raise InputError(f"malformed request: missing {key!r}", where=where)
-    return Message(turn["role"], turn["content"])
+    return Message(turn["role"], turn["content"], turn_calls(turn, where), turn.get("tool_call_id"))

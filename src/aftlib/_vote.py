@@ -14,7 +14,8 @@ from ._confidence import Confidence
 from ._errors import ConfigError, EngineError
 from ._extract import AnswerExtractor
 from ._logging import get_logger
-from ._results import Candidate, CandidateDone, References, TokenDelta
+from ._results import Candidate, CandidateDone, References, TokenDelta, picked
+from ._tools import calls_key
 from ._types import Completion, Message
 
 __all__ = ("NoAnswerError", "Vote")
@@ -40,6 +41,10 @@ def _check_weight(_: object, __: object, value: str) -> None:
 @define(eq=False)
 class Vote(Agent):
     r"""Keep the answer most candidates agree on; no model is asked.
+
+    Candidates that call tools vote with their calls: two agree when they call the same functions with
+    the same arguments (compared as canonical JSON, whatever the key order or spacing), and the winner
+    comes out with its calls.
 
     The answer of every candidate of the layer before is extracted (:class:`~aftlib.AnswerExtractor`:
     ``#### N``, ``\boxed{}``, "The answer is", the last number, a multiple-choice letter, a regex) and
@@ -94,7 +99,24 @@ class Vote(Agent):
             texts: The candidates' texts.
             weights: Each candidate's vote weight; None (or all zero) counts one vote each.
         """
-        answers = [self.extractor.extract(text).answer for text in texts]
+        return self._count([self.extractor.extract(text).answer for text in texts], weights)
+
+    def answers(self, references: Sequence[str]) -> list[str | None]:
+        """Each reference's answer (None when it has none).
+
+        A candidate that calls tools answers with its calls, as canonical JSON; any other with the
+        answer the extractor finds in its text.
+        """
+        if isinstance(references, References):
+            return [
+                calls_key(c.tool_calls) if c.tool_calls else self.extractor.extract(c.text).answer
+                for c in references.candidates
+            ]
+        return [self.extractor.extract(text).answer for text in references]
+
+    def _count(
+        self, answers: list[str | None], weights: Sequence[float] | None
+    ) -> tuple[int | None, dict[str, Any]]:
         counts = Counter(a for a in answers if a is not None)
         details: dict[str, Any] = {
             "votes": dict(counts.most_common()),
@@ -112,7 +134,7 @@ class Vote(Agent):
             details["weights"] = {a: round(w, 6) for a, w in sorted(score.items(), key=lambda kv: -kv[1])}
         top = max(score.values())
         winner = next(a for a in answers if a is not None and score[a] == top)  # the earliest of the tied
-        details.update(answer=winner, agreement=round(counts[winner] / len(texts), 6))
+        details.update(answer=winner, agreement=round(counts[winner] / len(answers), 6))
         return answers.index(winner), details
 
     async def run(
@@ -135,7 +157,7 @@ class Vote(Agent):
                     "does), not bare texts"
                 )
             weights = [self.confidence.weight(c.confidence) for c in references.candidates]
-        chosen, details = self.tally(references, weights)
+        chosen, details = self._count(self.answers(references), weights)
         if chosen is None:
             if self.on_no_answer == "error":
                 raise NoAnswerError(
@@ -148,7 +170,8 @@ class Vote(Agent):
         get_logger(__name__, layer=layer, agent=self.name).debug(
             "vote", answer=details["answer"], agreement=details["agreement"]
         )
-        candidate = Candidate(layer, self.name, 0, references[chosen], "stop", details=details)
+        text, calls = picked(references, chosen)
+        candidate = Candidate(layer, self.name, 0, text, "stop", details=details, tool_calls=calls)
         if emit is not None:
             if is_answer:  # the answer's deltas always concatenate to the result's text
                 await emit(TokenDelta(layer, self.name, 0, candidate.text, True))

@@ -32,6 +32,7 @@ from .._errors import ConfigError
 from .._io import write_json_atomic
 from .._logging import get_logger
 from .._streams import producer_stream
+from .._tools import ToolCall
 from .._types import ChatRequest, Completion, Delta, Sample, TokenLogprob, Usage
 from ._base import Engine, EngineStream, StreamItem
 from ._wrapper import WrapperEngine
@@ -84,6 +85,11 @@ def _sampling_key(request: ChatRequest) -> dict[str, Any]:
         "logprobs": s.logprobs,
         # only when set, so the keys of requests without a format stay what they were
         **({"response_format": s.response_format.to_openai()} if s.response_format is not None else {}),
+        **(
+            {"tools": [t.to_openai() for t in request.tools], "tool_choice": request.tool_choice.to_openai()}
+            if request.tools
+            else {}
+        ),
     }
 
 
@@ -201,7 +207,7 @@ class CachingEngine(WrapperEngine):
         data = [
             CACHE_FORMAT,
             engine_identity(self.inner, request.lora),
-            [[m.role, m.content] for m in request.messages],
+            [[m.role, m.content] if len(m) == 2 else dict(m) for m in request.messages],
             _sampling_key(request),
         ]
         return hashlib.sha256(json.dumps(data, ensure_ascii=False, sort_keys=True).encode()).hexdigest()
@@ -225,6 +231,11 @@ class CachingEngine(WrapperEngine):
                 data.get("finish_reason"),
                 int(data.get("completion_tokens", 0)),
                 _logprobs_value(data.get("logprobs")),
+                tuple(
+                    ToolCall.of(c["function"]["name"], json.loads(c["function"]["arguments"]), c["id"])
+                    for c in data.get("tool_calls", ())
+                ),
+                data.get("tool_error"),
             )
             return _Entry(sample, int(data.get("prompt_tokens", 0)))
         except FileNotFoundError:
@@ -251,6 +262,8 @@ class CachingEngine(WrapperEngine):
                 "completion_tokens": sample.completion_tokens,
                 "prompt_tokens": prompt_tokens,
                 "logprobs": _logprobs_json(sample.logprobs),
+                **({"tool_calls": [c.to_openai() for c in sample.tool_calls]} if sample.tool_calls else {}),
+                **({"tool_error": sample.tool_error} if sample.tool_error is not None else {}),
                 "seeded": seeded,
             },
             indent=None,

@@ -14,6 +14,7 @@ from attrs import define, field, frozen
 
 from .._errors import AftError, ConfigError, EngineError, RateLimitError, ServerError
 from .._streams import iterate
+from .._tools import CallReader
 from .._types import ChatRequest, Completion, Delta, Message, Sample, TokenLogprob, Usage
 from ._base import Engine, EngineStream, StreamItem
 
@@ -120,6 +121,11 @@ def _words(text: str) -> list[str]:
     return pieces
 
 
+def _reader(request: ChatRequest) -> CallReader:
+    """Reads a scripted text's tool calls (``<tool_call>{...}</tool_call>``); nothing is constrained."""
+    return CallReader(request.tools, request.tool_choice, constrained=False)
+
+
 def _count_tokens(text: str) -> int:
     return len(text.split())
 
@@ -130,6 +136,10 @@ class FakeEngine(Engine):
 
     Without a handler every sample gets a deterministic text that differs per request and per sample.
     Every request received is recorded in :attr:`requests`, in arrival order. Text streams word by word.
+    When a request offers tools, a handler calls them as models do, ``<tool_call>{"name": ...,
+    "arguments": {...}}</tool_call>`` after any text; the calls come out on the sample
+    (:attr:`Sample.tool_calls <aftlib.Sample.tool_calls>`), not in its text. A fake engine cannot
+    constrain decoding: what the handler writes is what the sample is.
 
     Fault modes: with ``faults``, chosen requests fail the way real engines do, to test retries,
     timeouts, cancellation and partial results. Request number ``k`` counts arrivals from 0 (a
@@ -237,12 +247,13 @@ class FakeEngine(Engine):
                     await anyio.lowlevel.checkpoint()
                 raise self._error(fault)
             entries = [self._logprobs(request, i, t) or () for i, t in enumerate(texts)]
+            readers = [_reader(request) for _ in texts]  # tool calls are held back from the text
             for step in range(max((len(p) for p in pieces), default=0)):
                 for index, words in enumerate(pieces):
                     if step < len(words):  # the last word carries any entries left over
                         last = step == len(words) - 1
                         got = entries[index][step:] if last else entries[index][step : step + 1]
-                        yield Delta(index, words[step], got)
+                        yield Delta(index, readers[index].feed(words[step]), got)
                 await anyio.lowlevel.checkpoint()
             yield self._completion(request, texts)
         finally:
@@ -305,9 +316,12 @@ class FakeEngine(Engine):
         return tuple(TokenLogprob(word, 0.0, [(word, 0.0)][:k]) for word in _words(text))
 
     def _completion(self, request: ChatRequest, texts: list[str]) -> Completion:
-        samples = tuple(
-            Sample(i, t, "stop", _count_tokens(t), self._logprobs(request, i, t)) for i, t in enumerate(texts)
-        )
+        samples = []
+        for i, t in enumerate(texts):
+            content, calls, error = _reader(request).read(t)
+            samples.append(
+                Sample(i, content, "stop", _count_tokens(t), self._logprobs(request, i, t), calls, error)
+            )
         prompt_tokens = sum(_count_tokens(m.content) for m in request.messages)
         return Completion(samples, Usage(prompt_tokens, sum(s.completion_tokens for s in samples), 0, 1))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncGenerator
 from functools import partial
@@ -22,10 +23,36 @@ from .._errors import (
 )
 from .._logging import get_logger
 from .._streams import iterate, producer_stream
+from .._tools import ToolCall
 from .._types import ChatRequest, Completion, Delta, Sample, SamplingParams, TokenLogprob, Usage
 from ._base import Engine, EngineStream, StreamItem, collect
 
 __all__ = ("OpenAIEngine",)
+
+
+def _add_call(calls: dict[int, list[str]], part: Any) -> None:
+    """Add a streamed piece of a tool call: its id and name come first, its arguments in pieces."""
+    call = calls.setdefault(part.index, ["", "", ""])
+    function = part.function
+    call[0] = part.id or call[0]
+    if function is not None:
+        call[1] = call[1] or function.name or ""
+        call[2] += function.arguments or ""
+
+
+def _calls(calls: dict[int, list[str]]) -> tuple[tuple[ToolCall, ...], str | None]:
+    """The streamed calls of a sample, and why they are unusable (arguments that are not JSON)."""
+    out = []
+    for position in sorted(calls):
+        ident, name, arguments = calls[position]
+        try:
+            value = json.loads(arguments or "{}")
+        except ValueError as exc:
+            return (), f"malformed tool call: the arguments of call {position} are not JSON ({exc})"
+        if not isinstance(value, dict):
+            return (), f"malformed tool call: the arguments of call {position} are not a JSON object"
+        out.append(ToolCall.of(name, value, ident or None))
+    return tuple(out), None
 
 
 def _token_logprob(entry: Any) -> TokenLogprob:
@@ -286,6 +313,10 @@ class OpenAIEngine(Engine):
             extra = {"logprobs": True, "top_logprobs": s.logprobs}
         if s.response_format is not None:
             extra["response_format"] = s.response_format.to_openai()
+        if request.tools:
+            extra["tools"] = [t.to_openai() for t in request.tools]
+            extra["tool_choice"] = request.tool_choice.to_openai()
+        calls: dict[int, dict[int, list[str]]] = {i: {} for i in texts}  # sample -> call -> id, name, args
         try:
             while True:
                 ranked = self._priority and request.priority != 0
@@ -320,6 +351,8 @@ class OpenAIEngine(Engine):
                         new = [_token_logprob(entry) for entry in content or ()]
                         logprobs[index] += new
                         text = choice.delta.content if choice.delta is not None else None
+                        for part in getattr(choice.delta, "tool_calls", None) or ():
+                            _add_call(calls[index], part)
                         if text:
                             texts[index].append(text)
                             chunks[index] += 1
@@ -348,6 +381,7 @@ class OpenAIEngine(Engine):
                 reasons[i],
                 usage.completion_tokens if n == 1 else chunks[i],
                 None if s.logprobs is None else tuple(logprobs[i]),
+                *_calls(calls[i]),
             )
             for i in sorted(texts)
         ]

@@ -20,7 +20,7 @@ from .._errors import ConfigError, ContextLengthError, EngineError, MissingExtra
 from .._io import prompt_token_ids
 from .._logging import get_logger
 from .._streams import iterate
-from .._structured import ResponseFormat
+from .._tools import CallReader, Tool, calls_schema
 from .._types import ChatRequest, Completion, Delta, Message, Sample, TokenLogprob, Usage
 from ._base import Engine, EngineStream, StreamItem
 
@@ -95,11 +95,36 @@ def check_model(model: str) -> None:
         ) from None
 
 
-def _structured_outputs(vllm: Any, fmt: ResponseFormat | None) -> Any:
-    """The structured-output parameters of vLLM for a response format (None: free text)."""
+def _offered(request: ChatRequest) -> tuple[Tool, ...]:
+    """The tools the prompt shows the model: none when ``tool_choice`` is ``"none"``."""
+    return request.tools if request.tool_choice.mode != "none" else ()
+
+
+def _reader(request: ChatRequest) -> CallReader:
+    """Reads a sample's calls: the constrained JSON when a call is required, else ``<tool_call>`` tags."""
+    return CallReader(request.tools, request.tool_choice, constrained=True)
+
+
+def _structured_outputs(vllm: Any, request: ChatRequest) -> Any:
+    """The structured-output parameters of vLLM for a request (None: free text).
+
+    A required tool call (``tool_choice`` ``"required"`` or a named function) is constrained to
+    :func:`~aftlib._tools.calls_schema`; else the response format, if any.
+
+    Raises:
+        ConfigError: The request asks for both a response format and a required tool call.
+    """
+    fmt = request.sampling.response_format
+    params = vllm.sampling_params.StructuredOutputsParams
+    if request.tools and request.tool_choice.must_call:
+        if fmt is not None:
+            raise ConfigError(
+                "a request cannot both require a tool call and a response_format: the answer is the call",
+                path="response_format",
+            )
+        return params(json=calls_schema(request.tools, request.tool_choice), disable_any_whitespace=True)
     if fmt is None:
         return None
-    params = vllm.sampling_params.StructuredOutputsParams
     # compact JSON: a model that hesitates cannot fill max_tokens with whitespace
     if fmt.type == "json_object":
         return params(json_object=True, disable_any_whitespace=True)
@@ -129,6 +154,10 @@ def _build_llm(vllm: Any, args: Any) -> Any:
     return vllm.v1.engine.async_llm.AsyncLLM.from_engine_args(args)
 
 
+_RenderKey = tuple[tuple[Message, ...], tuple[Tool, ...]]
+"""A rendering's key: the messages and the tools shown."""
+
+
 @define(eq=False)
 class _Renders:
     """Recent prompt renderings keyed by their messages, shared by the loop and worker threads.
@@ -139,17 +168,17 @@ class _Renders:
 
     size: int = 256
     tokenizing: threading.Lock = field(factory=threading.Lock)
-    _items: OrderedDict[tuple[Message, ...], tuple[int, ...]] = field(factory=OrderedDict)
+    _items: OrderedDict[_RenderKey, tuple[int, ...]] = field(factory=OrderedDict)
     _lock: threading.Lock = field(factory=threading.Lock)
 
-    def get(self, key: tuple[Message, ...]) -> tuple[int, ...] | None:
+    def get(self, key: _RenderKey) -> tuple[int, ...] | None:
         with self._lock:
             ids = self._items.get(key)
             if ids is not None:
                 self._items.move_to_end(key)
             return ids
 
-    def put(self, key: tuple[Message, ...], ids: tuple[int, ...]) -> None:
+    def put(self, key: _RenderKey, ids: tuple[int, ...]) -> None:
         with self._lock:
             self._items[key] = ids
             self._items.move_to_end(key)
@@ -299,23 +328,23 @@ class VLLMEngine(Engine):
             llm.shutdown = lambda *args, **kwargs: None
 
     def prompt_token_ids(self, request: ChatRequest) -> list[int]:
-        """Render ``request.messages`` with the model's chat template and tokenize it."""
-        return self._render(request.messages)
+        """Render ``request.messages`` (and its tools) with the model's chat template and tokenize it."""
+        return self._render(request.messages, _offered(request))
 
-    def _render(self, messages: Sequence[Message]) -> list[int]:
+    def _render(self, messages: Sequence[Message], tools: tuple[Tool, ...] = ()) -> list[int]:
         # An agent counts its prompt's tokens (to fit the context) right before sending it, and the
         # budget may render a few variants: recent renderings are kept, keyed by the messages.
-        key = tuple(messages)
+        key = (tuple(messages), tools)
         ids = self._renders.get(key)
         if ids is None:
             with self._renders.tokenizing:
-                ids = tuple(prompt_token_ids(self.tokenizer, messages))
+                ids = tuple(prompt_token_ids(self.tokenizer, messages, tools=tools))
             self._renders.put(key, ids)
         return list(ids)
 
     async def _prompt_ids(self, request: ChatRequest) -> list[int]:
         """The request's prompt tokens: from the recent renderings, else rendered in a worker thread."""
-        if self._renders.get(tuple(request.messages)) is not None:
+        if self._renders.get((tuple(request.messages), _offered(request))) is not None:
             return self.prompt_token_ids(request)
         return await anyio.to_thread.run_sync(self.prompt_token_ids, request)
 
@@ -392,7 +421,7 @@ class VLLMEngine(Engine):
             stop_token_ids=[eos] if eos is not None else None,
             logprobs=s.logprobs,
             output_kind=kinds.DELTA if streaming else kinds.FINAL_ONLY,
-            structured_outputs=_structured_outputs(vllm, s.response_format),
+            structured_outputs=_structured_outputs(vllm, request),
         )
 
     def _lora_request(self, name: str | None) -> Any:
@@ -434,10 +463,11 @@ class VLLMEngine(Engine):
             raise EngineError(f"engine {self.name!r} failed: {exc!r}") from exc
         if final is None:
             raise EngineError(f"engine {self.name!r} returned no output")
-        samples = tuple(
-            Sample(o.index, o.text, o.finish_reason, len(o.token_ids), _logprobs(o.token_ids, o.logprobs, k))
-            for o in sorted(final.outputs, key=lambda o: o.index)
-        )
+        samples = []
+        for o in sorted(final.outputs, key=lambda o: o.index):
+            content, calls, error = _reader(request).read(o.text)
+            entries = _logprobs(o.token_ids, o.logprobs, k)
+            samples.append(Sample(o.index, content, o.finish_reason, len(o.token_ids), entries, calls, error))
         completion_tokens = sum(s.completion_tokens for s in samples)
         return Completion(samples, Usage(len(prompt_ids), completion_tokens, final.num_cached_tokens or 0, 1))
 
@@ -457,6 +487,7 @@ class VLLMEngine(Engine):
         reasons: dict[int, str | None] = dict.fromkeys(texts)
         logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in texts}
         cached = 0
+        readers = {i: _reader(request) for i in texts}  # tool calls are held back from the deltas
         outputs = llm.generate(
             {"prompt_token_ids": prompt_ids},
             params,
@@ -476,11 +507,12 @@ class VLLMEngine(Engine):
                             reasons[sample.index] = sample.finish_reason
                         if sample.text or new:
                             texts[sample.index].append(sample.text)
-                            yield Delta(sample.index, sample.text, new)
+                            yield Delta(sample.index, readers[sample.index].feed(sample.text), new)
         except Exception as exc:
             raise EngineError(f"engine {self.name!r} failed: {exc!r}") from exc
-        samples = tuple(
-            Sample(i, "".join(texts[i]), reasons[i], tokens[i], None if k is None else tuple(logprobs[i]))
-            for i in sorted(texts)
-        )
+        samples = []
+        for i in sorted(texts):
+            content, calls, error = readers[i].read("".join(texts[i]))
+            entries = None if k is None else tuple(logprobs[i])
+            samples.append(Sample(i, content, reasons[i], tokens[i], entries, calls, error))
         yield Completion(samples, Usage(len(prompt_ids), sum(tokens.values()), cached, 1))

@@ -68,12 +68,15 @@ class Answered:
     def line(self, *, usage: dict[str, Any], with_trace: bool = False) -> dict[str, Any]:
         """The record's output line.
 
-        Its input fields, ``id``, ``status``, the answer or the error, failures, ``usage`` (as given,
+        Its input fields, ``id``, ``status``, the answer (with its ``tool_calls``, if it calls tools) or
+        the error, failures, ``usage`` (as given,
         costs included), ``timings`` and, when asked, the trace.
         """
         line: dict[str, Any] = {**self.record.data, "id": self.record.id}
         if self.error is None:
             line.update(status="done", response=self.results[-1].text)
+            if self.results[-1].tool_calls:  # OpenAI's shape, as a chat front end would read them
+                line["tool_calls"] = [c.to_openai() for c in self.results[-1].tool_calls]
             if self.record.followups:
                 line["responses"] = [r.text for r in self.results]
         else:

@@ -35,6 +35,7 @@ from ._protocol import (
     ApiError,
     ChatCall,
     Chunks,
+    call_deltas,
     completion_body,
     extension_event,
     models_body,
@@ -316,7 +317,9 @@ class _Chat:
         topology = server.resolve(call.model)
         try:
             topology = with_sampling(topology, call.sampling)
-            conversation = as_conversation(call.messages, path="messages")
+            conversation = as_conversation(
+                call.messages, tools=call.tools, tool_choice=call.tool_choice, path="messages"
+            )
         except ConfigError as exc:
             raise ApiError(400, exc.message, param=exc.path) from None
         except InputError as exc:
@@ -422,8 +425,9 @@ class _Chat:
                 if result is None:
                     raise RuntimeError("the run ended without an answer")
                 left.done = True
-                finish = result.answer.finish_reason or "stop"
-                await write(sse(chunks.delta({}, finish)))
+                for delta in call_deltas(result):
+                    await write(sse(chunks.delta(delta)))
+                await write(sse(chunks.delta({}, result.finish_reason or "stop")))
                 if call.include_usage:
                     await write(sse(chunks.chunk([], usage=usage_body(result))))
                 await write(DONE)

@@ -29,8 +29,6 @@ __all__ = (
 )
 
 UNSUPPORTED = (
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
     "logprobs",
@@ -43,7 +41,7 @@ UNSUPPORTED = (
 """Request fields the server refuses (with a 400 naming the field) when they ask for something: a value
 other than null, false, 0 or empty is refused."""
 
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
 class ApiError(Exception):
@@ -92,20 +90,25 @@ class ChatCall:
 
     Attributes:
         model: The model name asked for.
-        messages: The conversation, as ``{"role", "content"}`` with string content.
+        messages: The conversation, as ``{"role", "content"}`` with string content (and an assistant
+            turn's ``tool_calls``, a tool turn's ``tool_call_id``, as given).
         stream: Whether to answer with server-sent events.
         include_usage: Whether a streamed answer ends with a usage chunk.
         events: Whether a streamed answer also carries the draft events (``stream_options.aftlib_events``).
         sampling: Overrides of the final agent's sampling (``temperature``, ``top_p``, ``seed``,
             ``max_tokens``, ``stop``), only those the request gave.
+        tools: The ``tools`` as given (checked with the conversation), or None.
+        tool_choice: The ``tool_choice`` as given, or None.
     """
 
     model: str
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
     stream: bool = False
     include_usage: bool = False
     events: bool = False
     sampling: Mapping[str, Any] = {}
+    tools: Any = None
+    tool_choice: Any = None
 
 
 def _content(content: Any, where: str) -> str:
@@ -191,11 +194,21 @@ def parse_chat(body: Any) -> ChatCall:
         if role not in _ROLES:
             known = ", ".join(_ROLES)
             raise bad(f"{where}.role is {role!r}; this server takes {known}", f"{where}.role")
-        messages.append({"role": _ROLES[role], "content": _content(turn.get("content"), where)})
-    if messages[-1]["role"] != "user":
+        calls = turn.get("tool_calls") if role == "assistant" else None
+        content = turn.get("content")
+        message: dict[str, Any] = {
+            "role": _ROLES[role],
+            "content": "" if calls and content is None else _content(content, where),
+        }
+        if calls:
+            message["tool_calls"] = calls
+        if role == "tool":
+            message["tool_call_id"] = turn.get("tool_call_id")
+        messages.append(message)
+    if messages[-1]["role"] not in ("user", "tool"):
         raise bad(
-            f"the conversation must end with a user turn; messages[{len(messages) - 1}] is "
-            f"{messages[-1]['role']!r}",
+            f"the conversation must end with a user turn or a tool result; messages[{len(messages) - 1}] "
+            f"is {messages[-1]['role']!r}",
             "messages",
         )
     stream = _flag(body, "stream", "stream")
@@ -233,6 +246,8 @@ def parse_chat(body: Any) -> ChatCall:
         include_usage,
         events,
         sampling,
+        body.get("tools"),
+        body.get("tool_choice"),
     )
 
 
@@ -285,13 +300,29 @@ def completion_body(result: Result, model: str, completion_id: str) -> dict[str,
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.text},
-                "finish_reason": result.answer.finish_reason or "stop",
+                "message": message_body(result),
+                "finish_reason": result.finish_reason or "stop",
                 "logprobs": None,
             }
         ],
         "usage": usage_body(result),
     }
+
+
+def message_body(result: Result) -> dict[str, Any]:
+    """The answer as an assistant message: its text, and its tool calls when it makes any.
+
+    With tool calls, an empty text is null, as OpenAI answers.
+    """
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.text}
+    calls = [c.to_openai() for c in result.tool_calls]
+    return {"role": "assistant", "content": result.text or None, "tool_calls": calls}
+
+
+def call_deltas(result: Result) -> list[dict[str, Any]]:
+    """The streamed ``delta`` objects of the answer's tool calls: one per call, whole, after the text."""
+    return [{"tool_calls": [{"index": i, **c.to_openai()}]} for i, c in enumerate(result.tool_calls)]
 
 
 def sse(data: Mapping[str, Any] | str) -> bytes:
