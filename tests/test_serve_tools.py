@@ -71,7 +71,8 @@ async def test_sdk_round_trip_not_streamed(sdk: openai.AsyncOpenAI) -> None:
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
     (call,) = choice.message.tool_calls or []
-    assert call.type == "function" and call.id.startswith("call_")
+    assert call.type == "function"
+    assert call.id.startswith("call_")
     assert (call.function.name, json.loads(call.function.arguments)) == ("add", {"a": 2, "b": 40})
     result = {"role": "tool", "tool_call_id": call.id, "content": "42"}
     second = await sdk.chat.completions.create(
@@ -80,7 +81,8 @@ async def test_sdk_round_trip_not_streamed(sdk: openai.AsyncOpenAI) -> None:
         tools=TOOLS,
     )
     assert second.choices[0].message.content == "The sum is 42."
-    assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls
+    assert second.choices[0].finish_reason == "stop"
+    assert not second.choices[0].message.tool_calls
 
 
 async def test_sdk_round_trip_streamed(sdk: openai.AsyncOpenAI) -> None:
@@ -105,7 +107,8 @@ async def test_sdk_round_trip_streamed(sdk: openai.AsyncOpenAI) -> None:
         for c in chunk.choices:
             texts.append(c.delta.content or "")
             reasons.append(c.finish_reason)
-    assert "".join(texts) == "The sum is 42." and reasons[-1] == "stop"
+    assert "".join(texts) == "The sum is 42."
+    assert reasons[-1] == "stop"
 
 
 async def test_tool_choice_none_answers_in_text(sdk: openai.AsyncOpenAI) -> None:
@@ -139,7 +142,8 @@ async def test_bad_tool_requests_are_openai_400s(
         await sdk.chat.completions.create(**body)
     error = info.value.body
     assert isinstance(error, dict)
-    assert error["param"] == param and words in error["message"], error
+    assert error["param"] == param
+    assert words in error["message"]
     assert error["type"] == "invalid_request_error"
 
 
@@ -164,7 +168,8 @@ async def test_agent_framework_round_trip(base_url: str) -> None:
     assert result.output == "The sum is 42."
     async with agent.run_stream("What is 7 + 8?") as streamed:
         text = await streamed.get_output()
-    assert calls[-1] == (7, 8) and text == "The sum is 15."
+    assert calls[-1] == (7, 8)
+    assert text == "The sum is 15."
 
 
 async def test_sync_sdk_in_a_thread(base_url: str) -> None:

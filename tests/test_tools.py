@@ -1,5 +1,7 @@
-"""Tool calls through topologies, on FakeEngine: tools and tool choices checked, calls read from the
-model's text, voted on as canonical JSON, shown to aggregators as data, malformed drafts dropped.
+"""Tool calls through topologies, on FakeEngine.
+
+Tools and tool choices are checked, calls read from the model's text, voted on as canonical JSON, shown
+to aggregators as data, malformed drafts dropped.
 
 The real vLLM engine's side (constrained calls, the SDK round trip through ``aftlib serve``) is in
 ``test_vllm_tools.py``; the HTTP side on FakeEngine in ``test_serve_tools.py``.
@@ -68,10 +70,12 @@ def tagged(name: str, arguments: Any) -> str:
     [
         ([{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}], None,
          "tools[0].function.parameters.type", "not a JSON schema"),
-        ([{"type": "function", "function": {"name": "bad name!"}}], None, "tools[0].function.name", "letters"),
+        ([{"type": "function", "function": {"name": "bad name!"}}], None,
+         "tools[0].function.name", "letters"),
         ([ADD, ADD], None, "tools[1].function.name", "given twice"),
         ([{"type": "retrieval"}], None, "tools[0]", "'type': 'function'"),
-        (TOOLS, {"type": "function", "function": {"name": "nope"}}, "tool_choice", "'nope', which is not a tool"),
+        (TOOLS, {"type": "function", "function": {"name": "nope"}},
+         "tool_choice", "'nope', which is not a tool"),
         ([], "required", "tool_choice", "no tools"),
         (TOOLS, "sometimes", "tool_choice", "tool_choice is 'auto'"),
     ],
@@ -124,7 +128,10 @@ def test_reader_splits_text_and_calls_and_names_malformed_ones() -> None:
         ("<tool_call>[1, 2]</tool_call>", "not a JSON object"),
     ]:
         text, calls, error = reader.read(broken)
-        assert calls == () and error is not None and why in error and text == broken
+        assert calls == ()
+        assert error is not None
+        assert why in error
+        assert text == broken
     assert CallReader(tools, ToolChoice("none"), constrained=False).read(tagged("add", {})) == (
         tagged("add", {}), (), None
     )  # fmt: skip
@@ -189,7 +196,8 @@ async def test_text_answers_and_calls_vote_apart() -> None:
     texts = ["The answer is 3.", "The answer is 3.", tagged("add", {"a": 1, "b": 2})]
     topology = Topology([Proposer(engine_writing(texts), sampling=SamplingParams(n=3))], Vote())
     result = await topology.run("What is 1 + 2?", tools=TOOLS)
-    assert result.text == "The answer is 3." and result.tool_calls == ()
+    assert result.text == "The answer is 3."
+    assert result.tool_calls == ()
     assert result.finish_reason == "stop"
 
 
@@ -211,7 +219,7 @@ async def test_aggregator_sees_tools_and_proposed_calls_as_data() -> None:
 async def test_a_malformed_final_answer_fails_the_run() -> None:
     """The final agent's malformed or missing required call is a ToolCallError naming the agent."""
     engine = engine_writing(["<tool_call>{oops</tool_call>"])
-    with pytest.raises(ToolCallError, match="agent 'proposer'.*malformed tool call"):
+    with pytest.raises(ToolCallError, match=r"agent 'proposer'.*malformed tool call"):
         await Topology([], Proposer(engine)).run("1 + 2?", tools=TOOLS)
     with pytest.raises(ToolCallError, match="no tool call, and tool_choice requires one"):
         await Topology([], Proposer(engine_writing(["just text"]))).run(
@@ -236,7 +244,8 @@ async def test_tool_round_trip_and_streamed_text_without_the_calls() -> None:
             deltas.append(event.text)
 
     first = await topology.run("2 + 3?", tools=TOOLS, on_event=on_event)
-    assert first.text == "Calling add. " and "".join(deltas) == first.text
+    assert first.text == "Calling add. "
+    assert "".join(deltas) == first.text
     (call,) = first.tool_calls
     conversation = [
         {"role": "user", "content": "2 + 3?"},
@@ -244,16 +253,19 @@ async def test_tool_round_trip_and_streamed_text_without_the_calls() -> None:
         {"role": "tool", "tool_call_id": call.id, "content": "5"},
     ]
     second = await topology.run(conversation, tools=TOOLS)
-    assert second.text == "The sum is 5." and second.tool_calls == ()
+    assert second.text == "The sum is 5."
+    assert second.tool_calls == ()
     sent = engine.requests[-1].messages
-    assert sent[-2].tool_calls == (call,) and sent[-1].tool_call_id == call.id
+    assert sent[-2].tool_calls == (call,)
+    assert sent[-1].tool_call_id == call.id
 
 
 async def test_tool_choice_none_keeps_tags_as_text() -> None:
     """With ``none`` the model may not call: what it writes is text, whatever it looks like."""
     text = tagged("add", {"a": 1, "b": 2})
     result = await Topology([], Proposer(engine_writing([text]))).run("x", tools=TOOLS, tool_choice="none")
-    assert result.text == text and result.tool_calls == ()
+    assert result.text == text
+    assert result.tool_calls == ()
 
 
 async def test_cache_keys_on_tools_and_replays_calls(tmp_path: Any) -> None:
@@ -264,6 +276,7 @@ async def test_cache_keys_on_tools_and_replays_calls(tmp_path: Any) -> None:
     first = await agent.run("x", tools=TOOLS)
     again = await agent.run("x", tools=TOOLS)
     assert len(inner.requests) == 1
-    assert again.tool_calls == first.tool_calls and again.tool_calls[0].id == first.tool_calls[0].id
+    assert again.tool_calls == first.tool_calls
+    assert again.tool_calls[0].id == first.tool_calls[0].id
     await agent.run("x", tools=[ADD])
     assert len(inner.requests) == 2

@@ -105,7 +105,8 @@ async def test_sdk_round_trip_through_aftlib_serve_not_streamed(sdk: openai.Asyn
         max_tokens=12,
     )
     answer = second.choices[0]
-    assert answer.message.tool_calls is None and answer.message.content
+    assert answer.message.tool_calls is None
+    assert answer.message.content
     assert answer.finish_reason in ("stop", "length")
 
 
@@ -122,9 +123,11 @@ async def test_sdk_round_trip_through_aftlib_serve_streamed(sdk: openai.AsyncOpe
             pass
         done = await stream.get_final_completion()
     choice = done.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.content in (None, "")
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content in (None, "")
     calls = choice.message.tool_calls or []
-    assert calls and all(c.function.name == "time" for c in calls)
+    assert calls
+    assert all(c.function.name == "time" for c in calls)
     for call in calls:
         check_call(call.function.name, call.function.arguments)
     assistant = {"role": "assistant", "tool_calls": [c.model_dump(exclude_none=True) for c in calls]}
@@ -146,19 +149,25 @@ async def test_vote_over_real_drafts_calls(vllm_engine: VLLMEngine) -> None:
     """A vote over three constrained drafts: each draft a valid call, the answer the most common one."""
     result = await drafts_then(vllm_engine, "vote").run(QUESTION, tools=TOOLS, tool_choice="required")
     (layer,) = result.layers
-    assert len(layer.candidates) == 3 and not layer.malformed
+    assert len(layer.candidates) == 3
+    assert not layer.malformed
     for candidate in layer.candidates:
         assert candidate.tool_calls
         for call in candidate.tool_calls:
             check_call(call.name, call.arguments_json)
     votes = result.answer.details["votes"]
-    assert sum(votes.values()) == 3 and max(votes.values()) == votes[result.answer.details["answer"]]
-    assert result.finish_reason == "tool_calls" and result.tool_calls
+    assert sum(votes.values()) == 3
+    assert max(votes.values()) == votes[result.answer.details["answer"]]
+    assert result.finish_reason == "tool_calls"
+    assert result.tool_calls
 
 
 async def test_openai_engine_reads_calls_streamed_by_aftlib_serve(url: str) -> None:
-    """An OpenAIEngine whose server is ``aftlib serve`` over the real engine: the tool calls streamed as
-    OpenAI's ``tool_calls`` deltas come back whole and valid, as a topology of served topologies needs."""
+    """An OpenAIEngine whose server is ``aftlib serve`` over the real engine reads the streamed calls.
+
+    The calls streamed as OpenAI's ``tool_calls`` deltas come back whole and valid, as a topology of
+    served topologies needs.
+    """
     from aftlib import ChatRequest, Message, ToolChoice
     from aftlib._types import as_conversation
 
@@ -172,7 +181,8 @@ async def test_openai_engine_reads_calls_streamed_by_aftlib_serve(url: str) -> N
     async with OpenAIEngine("tiny-vote", url) as engine:
         completion = await engine.generate(request)
     (sample,) = completion.samples
-    assert sample.tool_error is None and sample.tool_calls
+    assert sample.tool_error is None
+    assert sample.tool_calls
     for call in sample.tool_calls:
         assert call.name == "weather"
         check_call(call.name, call.arguments_json)
