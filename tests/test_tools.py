@@ -260,12 +260,14 @@ async def test_tool_round_trip_and_streamed_text_without_the_calls() -> None:
     assert sent[-1].tool_call_id == call.id
 
 
-async def test_tool_choice_none_keeps_tags_as_text() -> None:
-    """With ``none`` the model may not call: what it writes is text, whatever it looks like."""
+async def test_tool_choice_none_hides_the_tools_and_keeps_tags_as_text() -> None:
+    """With ``none`` the model is not shown the tools, and what it writes is text, whatever it looks like."""
     text = tagged("add", {"a": 1, "b": 2})
-    result = await Topology([], Proposer(engine_writing([text]))).run("x", tools=TOOLS, tool_choice="none")
+    engine = FakeEngine(handler=lambda request, index: text)
+    result = await Topology([], Proposer(engine)).run("x", tools=TOOLS, tool_choice="none")
     assert result.text == text
     assert result.tool_calls == ()
+    assert engine.requests[0].tools == ()
 
 
 async def test_cache_keys_on_tools_and_replays_calls(tmp_path: Any) -> None:
