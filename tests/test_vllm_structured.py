@@ -60,3 +60,22 @@ async def test_a_json_schema_answer_validates_through_an_openai_compatible_serve
             )
         )
     jsonschema.validate(json.loads(completion.samples[0].text), SCHEMA)
+
+
+async def test_a_selection_retry_is_constrained_to_a_valid_index(vllm_engine: VLLMEngine) -> None:
+    """A selection's retry names a candidate on the real engine: no fallback to the first one.
+
+    The random tiny model names no candidate in its free first reply; the retry, constrained to a number
+    from 1 to the candidates' count, always names one.
+    """
+    from aftlib import Select
+
+    drafts = Proposer(vllm_engine, template="passthrough", sampling=SamplingParams(n=4, max_tokens=8, seed=1))
+    judge = Select(vllm_engine, sampling=SamplingParams(temperature=0, max_tokens=24))
+    for question in ("Which is best?", "Pick one."):
+        result = await Topology([drafts], judge).run(question)
+        details = result.answer.details
+        assert details["attempts"] == 2  # the free reply named none
+        assert details["fallback"] is False
+        assert 1 <= int(details["raw"][-1]) <= 4
+        assert result.text == result.layers[0].candidates[details["chosen"]].text

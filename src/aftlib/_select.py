@@ -21,6 +21,7 @@ from ._agents import Emit, ModelAgent, refuse_confidence
 from ._errors import ConfigError, EngineError
 from ._logging import context, get_logger
 from ._results import Candidate, CandidateDone, TokenDelta, picked
+from ._structured import ResponseFormat
 from ._templates import PromptTemplate, as_template
 from ._types import ChatRequest, Completion, Cut, Message, SamplingParams, Usage
 from ._util import unwrap_group
@@ -150,8 +151,10 @@ class Select(ModelAgent):
     ``candidates`` (and ``references``). The index is read with :func:`parse_choice`. A reply without a
     valid index is retried (``retries`` times, once by default) with a follow-up turn
     (:data:`FOLLOW_UP`) after the judge's reply, so a greedy judge and a request cache do not give the same
-    reply again; if every attempt fails, the first candidate is given and the fallback is recorded. With a
-    single candidate no request is sent.
+    reply again; on an engine that constrains decoding
+    (:attr:`~aftlib.engines.Engine.supports_structured_outputs`), the retry's reply is constrained to a
+    number from 1 to the candidates' count, so it cannot miss. If every attempt fails, the first candidate
+    is given and the fallback is recorded. With a single candidate no request is sent.
 
     The candidate's :attr:`~aftlib.Candidate.details` are ``{"chosen": position from 0, "attempts": requests
     sent, "fallback": bool, "raw": [the judge's replies]}``; its usage adds up every request. As the final
@@ -207,6 +210,18 @@ class Select(ModelAgent):
     ) -> tuple[ChatRequest, tuple[Cut, ...]]:
         return self._request(conversation, references, sampling, None)
 
+    def _retry_sampling(self, count: int) -> SamplingParams:
+        """The retry's sampling: the reply constrained to a number from 1 to ``count`` where it can be.
+
+        Only the retry: the first reply stays free, so the judge reasons before its verdict.
+        """
+        if not self.engine.supports_structured_outputs or self.sampling.response_format is not None:
+            return self.sampling
+        choice = ResponseFormat.json_schema(
+            {"type": "integer", "enum": list(range(1, count + 1))}, name="choice"
+        )
+        return evolve(self.sampling, response_format=choice)
+
     def _request(
         self,
         conversation: Sequence[Message],
@@ -250,8 +265,9 @@ class Select(ModelAgent):
             cuts: tuple[Cut, ...] = ()
             while chosen is None and len(raw) <= self.retries:
                 previous = raw[-1] if raw else None
+                sampling = self.sampling if previous is None else self._retry_sampling(len(references))
                 request, made = await self.fitted(
-                    partial(self._request, conversation, references, self.sampling, previous)
+                    partial(self._request, conversation, references, sampling, previous)
                 )
                 cuts = cuts or made
                 requests.append(request)
