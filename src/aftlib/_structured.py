@@ -46,8 +46,9 @@ class ResponseFormat:
 
     Attributes:
         type: ``"json_object"`` or ``"json_schema"``.
-        schema_json: The JSON schema, as canonical JSON text (``"{}"`` for ``json_object``); the
-            request stays hashable and its cache key stable.
+        schema_json: The JSON schema, as compact JSON text in its own key order (``"{}"`` for
+            ``json_object``): the request stays hashable, and a constrained answer writes the
+            properties in the order the schema lists them (reasoning before the answer, say).
         name: The schema's name (OpenAI's ``json_schema.name``).
     """
 
@@ -81,7 +82,8 @@ class ResponseFormat:
                 f"not a JSON schema: {exc.message}" + (f" (at {where})" if where else ""),
                 path="response_format.json_schema.schema",
             ) from None
-        return cls("json_schema", json.dumps(dict(schema), sort_keys=True), name)
+        # the schema's own key order: under constrained decoding, properties are written in that order
+        return cls("json_schema", json.dumps(dict(schema), separators=(",", ":")), name)
 
     def problem(self, text: str) -> str | None:
         """Why ``text`` does not have this format, or None when it does."""

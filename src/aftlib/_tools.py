@@ -90,13 +90,14 @@ class Tool:
     Attributes:
         name: The function's name (letters, digits, ``_`` and ``-``, at most 64).
         description: What it does, for the model.
-        parameters_json: The JSON schema of its arguments, as canonical JSON text (the request stays
-            hashable and its cache key stable).
+        parameters_json: The JSON schema of its arguments, as compact JSON text in its own key order
+            (the request stays hashable; a constrained call writes the arguments in the order the
+            schema lists them, so a ``reasoning`` property listed before ``answer`` comes first).
     """
 
     name: str
     description: str = ""
-    parameters_json: str = '{"properties":{},"type":"object"}'
+    parameters_json: str = '{"type":"object","properties":{}}'
 
     @classmethod
     def function(cls, name: str, parameters: Mapping[str, Any] | None = None, description: str = "") -> Tool:
@@ -239,7 +240,7 @@ def as_tools(value: Any, *, where: str = "tools") -> tuple[Tool, ...]:
             raise InputError("the description is a string", where=f"{here}.function.description")
         parameters = spec.get("parameters", {"type": "object", "properties": {}})
         check_schema(parameters, f"{here}.function.parameters")
-        tools.append(Tool(name, description, canonical(dict(parameters))))
+        tools.append(Tool(name, description, json.dumps(dict(parameters), separators=(",", ":"))))
     seen: set[str] = set()
     for i, tool in enumerate(tools):
         if tool.name in seen:

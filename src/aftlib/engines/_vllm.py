@@ -30,6 +30,10 @@ __all__ = ("VLLMEngine", "check_model")
 CPU_KV_CACHE_BYTES = 1 << 30
 """The KV cache a CPU engine gets when none is configured (vLLM would otherwise claim most of memory)."""
 
+STRUCTURED_OUTPUTS = {"backend": "guidance", "disable_any_whitespace": True}
+"""The structured-outputs settings an engine gets when none are configured: llguidance (it takes any
+JSON schema, and honours the whitespace rule), and compact JSON with no whitespace between tokens."""
+
 
 def _cpu_needs_kv_cache_size(vllm: Any, engine_args: dict[str, Any]) -> bool:
     if "kv_cache_memory_bytes" in engine_args or os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
@@ -40,6 +44,7 @@ def _cpu_needs_kv_cache_size(vllm: Any, engine_args: dict[str, Any]) -> bool:
 def _import_vllm() -> Any:
     try:
         import vllm
+        import vllm.config
         import vllm.v1.engine.async_llm
     except ImportError as exc:
         raise MissingExtraError(
@@ -122,13 +127,12 @@ def _structured_outputs(vllm: Any, request: ChatRequest) -> Any:
                 "a request cannot both require a tool call and a response_format: the answer is the call",
                 path="response_format",
             )
-        return params(json=calls_schema(request.tools, request.tool_choice), disable_any_whitespace=True)
+        return params(json=calls_schema(request.tools, request.tool_choice))
     if fmt is None:
         return None
-    # compact JSON: a model that hesitates cannot fill max_tokens with whitespace
     if fmt.type == "json_object":
-        return params(json_object=True, disable_any_whitespace=True)
-    return params(json=fmt.schema, disable_any_whitespace=True)
+        return params(json_object=True)
+    return params(json=fmt.schema)
 
 
 def _logprobs(token_ids: Sequence[int], positions: Any, k: int | None) -> tuple[TokenLogprob, ...] | None:
@@ -285,6 +289,11 @@ class VLLMEngine(Engine):
         check_model(self.model)
         vllm = _import_vllm()
         engine_args = dict(self.engine_args)
+        # Compact JSON under structured outputs: vLLM reads the whitespace rule from the engine's
+        # config, not from the request, and a model that hesitates would fill max_tokens with spaces.
+        outputs = engine_args.setdefault("structured_outputs_config", STRUCTURED_OUTPUTS)
+        if isinstance(outputs, Mapping):  # vLLM's engine arguments take its config object
+            engine_args["structured_outputs_config"] = vllm.config.StructuredOutputsConfig(**outputs)
         if _cpu_needs_kv_cache_size(vllm, engine_args):
             engine_args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         try:
