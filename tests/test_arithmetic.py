@@ -177,8 +177,8 @@ def test_sweep_variant_with_an_unknown_key_names_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ARITHMETIC_MODELS)
 def test_rebuild_command_builds_what_ships(name: str) -> None:
     """The recipe of ``python -m aftlib.testing.rebuild`` is the one recorded in the shipped model."""
-    from aftlib.testing.rebuild import AFT_RECIPE, BASE_RECIPE, RL_RECIPE
+    from aftlib.testing.rebuild import AFT_RECIPE, BASE_RECIPE, RL_RECIPE, TOOLS_RECIPE
 
-    recipes = {"base": BASE_RECIPE, "aft": AFT_RECIPE, "rl": RL_RECIPE}
+    recipes = {"base": BASE_RECIPE, "aft": AFT_RECIPE, "rl": RL_RECIPE, "tools": TOOLS_RECIPE}
     shipped = json.loads((arithmetic_model(name) / "aftlib-recipe.json").read_text())["recipe"]
     assert shipped == json.loads(json.dumps(recipes[name]))

@@ -96,3 +96,23 @@ def test_confidence_drafting_example_dry_run() -> None:
     lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if line.startswith(methods))
     assert lines["vote@8"].endswith(" 0 saved")
     assert not lines["adaptive (waves of 2 until 2 agree)"].endswith(" 0 saved")
+
+
+def test_agent_tools_example_dry_run() -> None:
+    """examples/agent_tools.py --dry-run: the served topology calls submit, then answers the tool's result."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "agent_tools.py"),
+            "--dry-run",
+            "Ana has 12 apples and buys 30 more?",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert "finish_reason: tool_calls" in lines
+    assert "call: submit({'answer': 42})" in lines
+    assert lines[-1] == "after the tool: 'Submitted: recorded 42'"

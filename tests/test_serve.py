@@ -396,10 +396,16 @@ BAD_INPUT = [
         "messages[0].content[0] has type 'image_url'; only text parts",
     ),
     (
-        "tools",
+        "a tool without its function",
         {"model": "fake-moa", "messages": QUESTION, "tools": [{"type": "function"}]},
         400,
-        "'tools' is not supported",
+        "tools[0].function: 'function' is an object with 'name' and 'parameters'",
+    ),
+    (
+        "functions (deprecated)",
+        {"model": "fake-moa", "messages": QUESTION, "functions": [{"name": "f"}]},
+        400,
+        "'functions' is not supported",
     ),
     (
         "response_format of an unknown type",

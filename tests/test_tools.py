@@ -282,3 +282,35 @@ async def test_cache_keys_on_tools_and_replays_calls(tmp_path: Any) -> None:
     assert again.tool_calls[0].id == first.tool_calls[0].id
     await agent.run("x", tools=[ADD])
     assert len(inner.requests) == 2
+
+
+async def test_dataset_records_carry_tools_and_the_output_their_calls(tmp_path: Any) -> None:
+    """A dataset record's tools reach every agent, and its output line has the answer's ``tool_calls``.
+
+    A ``messages`` record with ``tools`` and ``tool_choice`` runs with them; a record whose tool is
+    malformed is a bad line, and the rest runs.
+    """
+    from aftlib import Runner
+
+    good = {
+        "id": "a",
+        "messages": [{"role": "user", "content": "1 + 2?"}],
+        "tools": TOOLS,
+        "tool_choice": "required",
+    }
+    bad = {
+        "id": "b",
+        "messages": [{"role": "user", "content": "x"}],
+        "tools": [{"type": "function", "function": {}}],
+    }
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    out = tmp_path / "out.jsonl"
+    engine = engine_writing([tagged("add", {"a": 1, "b": 2})])
+    summary = await Runner(Topology([], Proposer(engine)), source, out).run()
+    (line,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert line["id"] == "a"
+    assert [c["function"]["name"] for c in line["tool_calls"]] == ["add"]
+    assert json.loads(line["tool_calls"][0]["function"]["arguments"]) == {"a": 1, "b": 2}
+    assert engine.requests[0].tool_choice == ToolChoice("required")
+    assert summary.bad == 1

@@ -387,14 +387,14 @@ def render_prompt(
     if tools and "tools" in str(getattr(tokenizer, "chat_template", None) or ""):
         extra["tools"] = [t.to_openai() for t in tools]
     elif tools or any("tool_calls" in row for row in rows):
-        rows = _tools_in_text(rows, tool_instructions(tools) if tools else None)
+        rows = tools_in_text(rows, tool_instructions(tools) if tools else None)
     text: str = tokenizer.apply_chat_template(
         rows, tokenize=False, add_generation_prompt=generation_prompt, **extra
     )
     return text
 
 
-def _tools_in_text(rows: list[dict[str, Any]], instructions: str | None) -> list[dict[str, Any]]:
+def tools_in_text(rows: list[dict[str, Any]], instructions: str | None) -> list[dict[str, Any]]:
     """Turns for a chat template that knows no tools.
 
     The instructions join the system message, and each call is written into its assistant turn as the

@@ -17,7 +17,7 @@ from .._records import InputRecord
 from .._results import AgentFailure, Result
 from .._topology import Topology
 from .._trace import failure_dict, trace
-from .._types import Message, Usage
+from .._types import Message, Usage, tools_of
 
 __all__ = ("Answered", "answer_record")
 
@@ -115,7 +115,12 @@ async def answer_record(
         for followup in (None, *record.followups):
             if followup is not None:
                 conversation += [Message("assistant", results[-1].text), Message("user", followup)]
-            results.append(await topology.run(conversation, on_answer=on_answer, order=order))
+            tools, choice = tools_of(record.conversation)  # a record's tools ride with every turn
+            results.append(
+                await topology.run(
+                    conversation, on_answer=on_answer, order=order, tools=tools, tool_choice=choice
+                )
+            )
     except AftError as exc:  # a failed record is data, never dropped; a bug propagates
         get_logger(__name__).warning("record failed", error=f"{type(exc).__name__}: {exc}")
         error = exc

@@ -20,9 +20,9 @@ from .._errors import ConfigError
 
 __all__ = ("ARITHMETIC_MODELS", "MANIFEST", "ModelName", "arithmetic_model", "models_dir", "write_manifest")
 
-ModelName = Literal["base", "aft", "rl"]
+ModelName = Literal["base", "aft", "rl", "tools"]
 
-ARITHMETIC_MODELS: tuple[ModelName, ...] = ("base", "aft", "rl")
+ARITHMETIC_MODELS: tuple[ModelName, ...] = ("base", "aft", "rl", "tools")
 """The names :func:`arithmetic_model` knows."""
 
 MANIFEST = "aftlib-model.json"
@@ -87,8 +87,9 @@ def arithmetic_model(name: str) -> pathlib.Path:
     folder as they accept any model folder.
 
     Args:
-        name: ``"base"`` (drafts answers), ``"aft"`` (also aggregates drafts) or ``"rl"`` (``aft``
-            trained further as an aggregator by reinforcement).
+        name: ``"base"`` (drafts answers), ``"aft"`` (also aggregates drafts), ``"rl"`` (``aft``
+            trained further as an aggregator by reinforcement) or ``"tools"`` (``aft`` answering with a
+            call of the ``submit`` tool, :data:`aftlib.testing.rebuild.SUBMIT`).
 
     Returns:
         The absolute path of the model folder.

@@ -5,6 +5,7 @@ Usage::
     python -m aftlib.testing.rebuild base --output arithmetic-base
     python -m aftlib.testing.rebuild aft --base arithmetic-base --output arithmetic-aft
     python -m aftlib.testing.rebuild rl --aft arithmetic-aft --output arithmetic-rl
+    python -m aftlib.testing.rebuild tools --aft arithmetic-aft --output arithmetic-tools
 
 ``base`` builds a random 4 x 128 Llama with a tokenizer trained on the task's words (one token per
 digit), writes 100,000 train-split problems as direct examples (the AFT proposal request, then the worked
@@ -13,7 +14,11 @@ problem with ``base`` on the real vLLM engine (:func:`aftlib.finetune.build_on_p
 proposal template), takes the gold worked answer as the target, mixes in direct examples, and trains
 ``base`` on them. ``rl`` drafts 8 answers per problem with ``aft`` (a traced ``aftlib run``), builds RL
 records with the gold answers and AggLM's balanced easy/hard mix (:func:`aftlib.finetune.build_rl_data`)
-and trains ``aft`` further with GRPO (``aftlib train`` with ``method: grpo``), every weight trained. Each
+and trains ``aft`` further with GRPO (``aftlib train`` with ``method: grpo``), every weight trained.
+``tools`` drafts 5 answers per problem with ``base``, writes them and the gold answers the way a model
+that calls tools answers (the worked answer, then ``<tool_call>`` with ``submit``'s arguments instead of
+``#### N``), and trains ``aft`` on aggregation and direct examples whose requests offer the ``submit``
+tool as an engine shows it to this model (:data:`SUBMIT`). Each
 writes its checkpoint with a model card (``README.md``) and the manifest that
 :func:`aftlib.testing.arithmetic_model` checks. The settings below are the ones the shipped models were
 built with; the work folder keeps the data, its cards and the draft cache, so a rerun resumes the drafts.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import json
 import pathlib
 import platform
+import re
 import sys
 import time
 from typing import Any
@@ -34,7 +40,18 @@ from ._arithmetic import arithmetic_problems, tokenizer_corpus
 from ._models import MANIFEST, write_manifest
 from ._tiny import build_tiny_model
 
-__all__ = ("AFT_RECIPE", "BASE_RECIPE", "RL_RECIPE", "main", "rebuild_aft", "rebuild_base", "rebuild_rl")
+__all__ = (
+    "AFT_RECIPE",
+    "BASE_RECIPE",
+    "RL_RECIPE",
+    "SUBMIT",
+    "TOOLS_RECIPE",
+    "main",
+    "rebuild_aft",
+    "rebuild_base",
+    "rebuild_rl",
+    "rebuild_tools",
+)
 
 BASE_RECIPE: dict[str, Any] = {
     "seed": 42,
@@ -87,6 +104,37 @@ RL_RECIPE: dict[str, Any] = {
     },
 }
 """How ``rl`` is built from ``aft``: the problems, ``aft``'s drafts, the easy/hard mix and GRPO's settings."""
+
+TOOLS_RECIPE: dict[str, Any] = {
+    "seed": 0,
+    "problems": {"count": 3_000, "seed": 4, "split": "train", "steps": 2, "digits": 2},
+    "drafts": {"k": 5, "temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "seed": 0, "direct_ratio": 0.5},
+    "train": {
+        "max_steps": 300,
+        "learning_rate": 3e-4,
+        "batch_size": 32,
+        "gradient_accumulation_steps": 1,
+        "max_length": 1024,
+        "logging_steps": 50,
+        "extra": {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 30},
+    },
+}
+"""How ``tools`` is built from ``aft``: the problems, ``base``'s drafts and the training settings."""
+
+SUBMIT: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "submit",
+        "description": "Submit the final answer.",
+        "parameters": {
+            "type": "object",
+            "properties": {"answer": {"type": "integer"}},
+            "required": ["answer"],
+            "additionalProperties": False,
+        },
+    },
+}
+"""The tool the ``tools`` model answers with: ``submit(answer)``, in OpenAI's shape."""
 
 # Training starts from float32 copies of the bf16 weights; the checkpoint is saved in bf16 again.
 _FLOAT32 = {"model_init_kwargs": {"dtype": "float32"}}
@@ -234,8 +282,10 @@ def rebuild_aft(base: pathlib.Path, output: pathlib.Path, workdir: pathlib.Path)
     return output
 
 
-async def _rl_drafts(aft: pathlib.Path, prompts: pathlib.Path, traced: pathlib.Path) -> Any:
-    """``aft``'s drafts of every problem, traced (a resumable run: a rerun drafts what is missing)."""
+async def _drafts(
+    model: pathlib.Path, prompts: pathlib.Path, traced: pathlib.Path, recipe: dict[str, Any]
+) -> Any:
+    """``model``'s drafts of every problem, traced (a resumable run: a rerun drafts what is missing)."""
     from .._agents import Proposer
     from .._topology import Topology
     from .._types import SamplingParams
@@ -243,7 +293,7 @@ async def _rl_drafts(aft: pathlib.Path, prompts: pathlib.Path, traced: pathlib.P
     from ..engines import VLLMEngine
     from ..run import Runner
 
-    drafts = RL_RECIPE["drafts"]
+    drafts = recipe["drafts"]
     sampling = SamplingParams(
         temperature=drafts["temperature"],
         top_p=drafts["top_p"],
@@ -252,7 +302,7 @@ async def _rl_drafts(aft: pathlib.Path, prompts: pathlib.Path, traced: pathlib.P
         seed=drafts["seed"],
     )
     engine = VLLMEngine(
-        str(aft), max_model_len=1024, seed=RL_RECIPE["seed"], enforce_eager=True, max_num_batched_tokens=65536
+        str(model), max_model_len=1024, seed=recipe["seed"], enforce_eager=True, max_num_batched_tokens=65536
     )
     topology = Topology([Proposer(engine, sampling=sampling, name="draft")], Vote(on_no_answer="first"))
     async with topology:
@@ -280,7 +330,7 @@ def rebuild_rl(
             ask.write(json.dumps({"id": i, "prompt": problem["question"]}) + "\n")
             answers.write(json.dumps({"id": i, **problem}) + "\n")
     traced = workdir / "rl.drafts.jsonl"
-    anyio.run(_rl_drafts, aft, prompts, traced)
+    anyio.run(_drafts, aft, prompts, traced, recipe)
     data = workdir / "rl.train.jsonl"
     card = build_rl_data(traced, gold, data, easy_share=recipe["easy_share"], seed=recipe["seed"])
     _log(f"RL data: {card.written} records ({card.easy} easy, {card.hard} hard) in {data}")
@@ -302,10 +352,112 @@ def rebuild_rl(
     return output
 
 
+def as_call(text: str) -> str:
+    """A worked answer as the ``tools`` model writes it: ``#### N`` becomes a tagged call of ``submit``.
+
+    A text without a final ``#### N`` is left as it is (a draft that never answered).
+    """
+    from .._tools import ToolCall, render_calls
+
+    match = _FINAL.search(text)
+    if match is None:
+        return text
+    return text[: match.start()] + render_calls([ToolCall.of("submit", {"answer": int(match.group(1))})])
+
+
+_FINAL = re.compile(r"####\s*(-?\d+)\s*$")
+
+
+def tool_example(question: str, drafts: list[str] | None, target: str) -> list[dict[str, Any]]:
+    """One training chat of ``tools``: the request, then the answer with its call.
+
+    The request is what an engine sends this model when ``submit`` is offered: the tool instructions
+    joined to the system message.
+    """
+    from .._io import tools_in_text
+    from .._templates import tool_instructions
+    from .._tools import as_tools
+    from ..finetune import aggregation_example, direct_example
+
+    chat = (
+        direct_example(question, target) if drafts is None else aggregation_example(question, drafts, target)
+    )
+    rows = [m.to_template() for m in chat]
+    return [*tools_in_text(rows[:-1], tool_instructions(as_tools([SUBMIT]))), rows[-1]]
+
+
+def rebuild_tools(aft: pathlib.Path, output: pathlib.Path, workdir: pathlib.Path) -> pathlib.Path:
+    """Build the ``tools`` model from ``aft`` into ``output`` (see the module docstring); returns it."""
+    import anyio
+
+    from ..finetune._examples import seeded_random
+    from ._models import arithmetic_model
+
+    recipe = TOOLS_RECIPE
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    problems = arithmetic_problems(**recipe["problems"])
+    prompts = workdir / "tools.prompts.jsonl"
+    with prompts.open("w", encoding="utf-8") as ask:
+        for i, problem in enumerate(problems):
+            ask.write(json.dumps({"id": i, "prompt": problem["question"]}) + "\n")
+    traced = workdir / "tools.drafts.jsonl"
+    anyio.run(_drafts, arithmetic_model("base"), prompts, traced, recipe)
+    drafted = {}
+    for line in traced.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("status") == "done":
+            drafted[int(record["id"])] = [c["text"] for c in record["trace"][0]["layers"][0]]
+    data = workdir / "tools.train.jsonl"
+    counts = {"aggregation": 0, "direct": 0}
+    with data.open("w", encoding="utf-8") as handle:
+        for i, problem in enumerate(problems):
+            target = as_call(problem["answer"])
+            if i in drafted:
+                references = [_reference(d) for d in drafted[i]]
+                chat = tool_example(problem["question"], references, target)
+                handle.write(json.dumps({"messages": chat, "kind": "aggregation"}) + "\n")
+                counts["aggregation"] += 1
+            if seeded_random(recipe["seed"], "direct", str(i)) < recipe["drafts"]["direct_ratio"]:
+                chat = tool_example(problem["question"], None, target)
+                handle.write(json.dumps({"messages": chat, "kind": "direct"}) + "\n")
+                counts["direct"] += 1
+    _log(f"training data: {counts} in {data}")
+    drafting = round(time.perf_counter() - started)
+    result = _train(aft, data, output, recipe)
+    facts = {
+        "recipe": recipe,
+        "tool": SUBMIT,
+        "examples": counts,
+        "steps": result.steps,
+        "train_loss": result.train_loss,
+        "last_loss": result.last_loss,
+        "drafting_seconds": drafting,
+        "seconds": round(time.perf_counter() - started),
+    }
+    _card(output, "tools", card_text("tools", facts), facts)
+    return output
+
+
+def _reference(draft: str) -> str:
+    """A draft in call form as an aggregator reads it (:attr:`aftlib.Candidate.reference`)."""
+    from .._tools import CallReader, ToolChoice, as_tools
+
+    content, calls, error = CallReader(as_tools([SUBMIT]), ToolChoice(), constrained=False).read(
+        as_call(draft)
+    )
+    if error is not None or not calls:
+        return draft
+    from .._results import Candidate
+
+    return Candidate(0, "draft", 0, content, tool_calls=calls).reference
+
+
 _COMMANDS = {
     "base": "python -m aftlib.testing.rebuild base --output arithmetic-base",
     "aft": "python -m aftlib.testing.rebuild aft --base arithmetic-base --output arithmetic-aft",
     "rl": "python -m aftlib.testing.rebuild rl --aft arithmetic-aft --output arithmetic-rl",
+    "tools": "python -m aftlib.testing.rebuild tools --aft arithmetic-aft --output arithmetic-tools",
 }
 _WHAT = {
     "base": "A 4-layer, 128-wide Llama (about 0.92M parameters) trained from random weights to solve "
@@ -318,6 +470,10 @@ _WHAT = {
     "problem and 3 to 6 of `aft`'s drafts in the AFT aggregation request, it was rewarded when its "
     "answer matched the gold one (math-verify), on a balanced mix of problems whose drafts' majority was "
     "right and wrong.",
+    "tools": "The `aft` model taught to answer with a tool call: offered the `submit(answer)` tool (as an "
+    "engine shows tools to a model whose chat template knows none), it writes the worked answer and then "
+    '`<tool_call>{"name": "submit", "arguments": {"answer": N}}</tool_call>` instead of `#### N`, '
+    "drafting alone or aggregating five drafts written the same way.",
 }
 
 
@@ -344,9 +500,9 @@ def card_text(name: str, facts: dict[str, Any]) -> str:
 
 @click.command(
     "python -m aftlib.testing.rebuild",
-    help="Rebuild a shipped arithmetic model (base, aft or rl) from scratch into --output.",
+    help="Rebuild a shipped arithmetic model (base, aft, rl or tools) from scratch into --output.",
 )
-@click.argument("model", type=click.Choice(["base", "aft", "rl"]))
+@click.argument("model", type=click.Choice(["base", "aft", "rl", "tools"]))
 @click.option("--output", type=click.Path(path_type=pathlib.Path), required=True, help="The folder to write.")
 @click.option(
     "--base",
@@ -356,7 +512,7 @@ def card_text(name: str, facts: dict[str, Any]) -> str:
 @click.option(
     "--aft",
     type=click.Path(path_type=pathlib.Path, exists=True, file_okay=False),
-    help="The AFT model (rl only; default: the shipped one).",
+    help="The AFT model (rl and tools; default: the shipped one).",
 )
 @click.option(
     "--easy-share",
@@ -383,6 +539,8 @@ def main(
             rebuild_base(output, work)
         elif model == "aft":
             rebuild_aft(base or arithmetic_model("base"), output, work)
+        elif model == "tools":
+            rebuild_tools(aft or arithmetic_model("aft"), output, work)
         else:
             rebuild_rl(aft or arithmetic_model("aft"), output, work, easy_share=_share(easy_share))
     except AftError as exc:  # a user's mistake (an output folder in the way, ...): the message, no traceback
