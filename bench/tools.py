@@ -110,7 +110,7 @@ def summary(facts: list[dict[str, Any]], baseline: list[dict[str, Any]] | None) 
     }
     if baseline is not None:
         diff, diff_se = mean_and_standard_error(
-            [a["correct"] - b["correct"] for a, b in zip(facts, baseline)]
+            [a["correct"] - b["correct"] for a, b in zip(facts, baseline, strict=True)]
         )
         out.update(difference=diff, difference_se=diff_se)
     return out
