@@ -5,7 +5,7 @@ the shipped ``aft`` model answers in text (``#### N``) and the shipped ``tools``
 end with ``<tool_call>`` of ``submit(answer)``) answers with calls, each through one draft, a vote over
 five drafts and an aggregation of five drafts. A call is right when its ``answer`` is the gold one; a
 text when its extracted answer is. Also: the ``tools`` model with ``tool_choice: required``, whose
-decoding is constrained to the call's JSON (no room to work first), and the share of drafts dropped as
+decoding is constrained to text, then tagged calls valid for the tool, and the share of drafts dropped as
 malformed. Writes ``results.md`` and ``tools.json``.
 
     python bench/tools.py                       # 500 test problems, into bench_out/tools
@@ -132,7 +132,7 @@ async def main(output: Path, problems: int, seed: int) -> None:
             rows[f"tools, {shape}, submit call (auto)"] = summary(calls, bases[shape])
             print(shape, rows[f"tools, {shape}, submit call (auto)"], flush=True)
         forced = await run_row(call["one draft"], test, tools=[SUBMIT], choice="required")
-        rows["tools, one draft, submit call (required: constrained JSON)"] = summary(
+        rows["tools, one draft, submit call (required: constrained to text, then tagged calls)"] = summary(
             forced, bases["one draft"]
         )
     elapsed = time.perf_counter() - started

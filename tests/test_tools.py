@@ -28,7 +28,7 @@ from aftlib import (
     Topology,
     Vote,
 )
-from aftlib._tools import CallReader, calls_schema
+from aftlib._tools import CallReader, calls_grammar
 from aftlib._types import as_conversation
 from aftlib.engines import CachingEngine
 from aftlib.testing import FakeEngine
@@ -115,7 +115,7 @@ def test_tool_results_must_answer_a_call_that_was_made() -> None:
 def test_reader_splits_text_and_calls_and_names_malformed_ones() -> None:
     """Tagged calls after text are read as calls; unclosed tags, bad JSON or text after are errors."""
     tools = as_conversation("x", tools=TOOLS).tools
-    reader = CallReader(tools, ToolChoice(), constrained=False)
+    reader = CallReader(tools, ToolChoice())
     content, calls, error = reader.read(
         "Let me add. " + tagged("add", {"b": 2, "a": 1}) + "\n" + tagged("weather", {})
     )
@@ -132,32 +132,36 @@ def test_reader_splits_text_and_calls_and_names_malformed_ones() -> None:
         assert error is not None
         assert why in error
         assert text == broken
-    assert CallReader(tools, ToolChoice("none"), constrained=False).read(tagged("add", {})) == (
+    assert CallReader(tools, ToolChoice("none")).read(tagged("add", {})) == (
         tagged("add", {}), (), None
     )  # fmt: skip
 
 
 def test_reader_holds_calls_back_while_streaming() -> None:
     """Streamed pieces give the text before the first tag, holding back what may begin one."""
-    reader = CallReader((Tool.function("f"),), ToolChoice(), constrained=False)
+    reader = CallReader((Tool.function("f"),), ToolChoice())
     pieces = ["The answer", " is <to", 'ol_call>{"name": "f", ', '"arguments": {}}</tool_call>']
     assert [reader.feed(p) for p in pieces] == ["The answer", " is ", "", ""]
-    reader = CallReader((Tool.function("f"),), ToolChoice(), constrained=False)
+    reader = CallReader((Tool.function("f"),), ToolChoice())
     assert [reader.feed(p) for p in ["a <", "b"]] == ["a ", "<b"]  # "<" was not the start of a tag
 
 
-def test_constrained_answers_are_read_from_the_call_schema() -> None:
-    """A required call under constrained decoding is the JSON of ``calls_schema``, read as calls."""
+def test_a_required_call_is_constrained_to_the_tagged_format() -> None:
+    """The grammar of a required call: free text, then tagged calls whose JSON fits the allowed tools."""
     tools = as_conversation("x", tools=TOOLS).tools
-    choice = ToolChoice("function", "add")
-    schema = calls_schema(tools, choice)
-    item = schema["properties"]["tool_calls"]["items"]
-    assert item["properties"]["name"] == {"const": "add"}  # a named choice allows that function only
-    reader = CallReader(tools, choice, constrained=True)
-    assert reader.feed('{"tool_calls": [') == ""
-    content, calls, error = reader.read('{"tool_calls": [{"name": "add", "arguments": {"a": 2, "b": 3}}]}')
-    assert (content, error) == ("", None)
-    assert calls[0].arguments == {"a": 2, "b": 3}
+    grammar = calls_grammar(tools, ToolChoice("function", "add"))
+    start, text, call, body = grammar.splitlines()
+    assert start == 'start: TEXT call ("\\n" call)*'
+    assert text == "TEXT: /[^<]*/"
+    assert call == 'call: "<tool_call>" body "</tool_call>"'
+    schema = json.loads(body.removeprefix("body: %json "))
+    assert schema["properties"]["name"] == {"const": "add"}  # a named choice allows that function only
+    assert list(schema["properties"]) == ["arguments", "name"]  # as render_calls writes a call
+    assert list(schema["properties"]["arguments"]["properties"]) == ["a", "b"]  # the tool's own order
+    both = json.loads(
+        calls_grammar(tools, ToolChoice("required")).splitlines()[3].removeprefix("body: %json ")
+    )
+    assert [c["properties"]["name"]["const"] for c in both["anyOf"]] == ["add", "weather"]
 
 
 # --- through topologies ------------------------------------------------------------------------------------

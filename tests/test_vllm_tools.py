@@ -124,7 +124,7 @@ async def test_sdk_round_trip_through_aftlib_serve_streamed(sdk: openai.AsyncOpe
         done = await stream.get_final_completion()
     choice = done.choices[0]
     assert choice.finish_reason == "tool_calls"
-    assert choice.message.content in (None, "")
+    assert "<" not in (choice.message.content or "")  # free text before the calls, never a tag
     calls = choice.message.tool_calls or []
     assert calls
     assert all(c.function.name == "time" for c in calls)

@@ -8,11 +8,11 @@ The shapes are OpenAI's chat-completions ones: a tool is ``{"type": "function", 
 Engines that write text (vLLM in process, :class:`~aftlib.engines.FakeEngine`) give the tools to the
 model's chat template, and the model calls them the way most open chat models were trained to (Hermes,
 Qwen): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` after any text. When a call is
-required (``"required"`` or a named function) and the engine constrains decoding, the answer is instead
-the JSON ``{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}`` matching :func:`calls_schema`, so
-even a model never trained on tools writes valid calls. :class:`CallReader` reads both forms, while the
-text streams and at its end; an engine that speaks the protocol itself (an OpenAI-compatible server)
-returns the calls it parsed.
+required (``"required"`` or a named function) and the engine constrains decoding, the answer is held to
+that very format (:func:`calls_grammar`: free text, then tagged calls whose JSON is valid for the
+tools), so even a model never trained on tools writes valid calls, and one that works a problem first
+still can. :class:`CallReader` reads the calls while the text streams and at its end; an engine that
+speaks the protocol itself (an OpenAI-compatible server) returns the calls it parsed.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ __all__ = (
     "ToolChoice",
     "as_tool_choice",
     "as_tools",
-    "calls_schema",
+    "call_schema",
+    "calls_grammar",
     "render_calls",
 )
 
@@ -289,29 +290,40 @@ def as_tool_choice(value: Any, tools: Sequence[Tool], *, where: str = "tool_choi
     return choice
 
 
-def calls_schema(tools: Sequence[Tool], choice: ToolChoice) -> dict[str, Any]:
-    """The JSON schema of a constrained answer that must call tools: ``{"tool_calls": [...]}``.
+def call_schema(tools: Sequence[Tool], choice: ToolChoice) -> dict[str, Any]:
+    """The JSON schema of one call a constrained answer may make: ``{"arguments": ..., "name": ...}``.
 
-    Each call is ``{"name": <a tool's name>, "arguments": <that tool's parameters>}``; a named
-    ``tool_choice`` allows that function only.
+    The arguments are the tool's ``parameters``; a named ``tool_choice`` allows that function only. The
+    keys come in the order :func:`render_calls` writes them (canonical JSON: ``arguments`` first), so a
+    constrained call reads as the calls an aggregator is shown and a model trained on them writes.
     """
     allowed = [t for t in tools if choice.mode != "function" or t.name == choice.name]
     calls = [
         {
             "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-            "required": ["name", "arguments"],
+            "properties": {"arguments": t.parameters, "name": {"const": t.name}},
+            "required": ["arguments", "name"],
             "additionalProperties": False,
         }
         for t in allowed
     ]
-    item = calls[0] if len(calls) == 1 else {"anyOf": calls}
-    return {
-        "type": "object",
-        "properties": {"tool_calls": {"type": "array", "items": item, "minItems": 1}},
-        "required": ["tool_calls"],
-        "additionalProperties": False,
-    }
+    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+
+
+def calls_grammar(tools: Sequence[Tool], choice: ToolChoice) -> str:
+    """The grammar (llguidance's Lark) of an answer that must call tools: text, then tagged calls.
+
+    The text before the calls is free but for ``<`` (the model works the problem first, as it would
+    unconstrained); then one or more ``<tool_call>`` tags, one per line, each around JSON valid for
+    :func:`call_schema`. It is the format :class:`CallReader` reads, constrained or not.
+    """
+    schema = json.dumps(call_schema(tools, choice), separators=(",", ":"))  # the parameters' own key order
+    return (
+        'start: TEXT call ("\\n" call)*\n'
+        "TEXT: /[^<]*/\n"
+        f'call: "{OPEN}" body "{CLOSE}"\n'
+        f"body: %json {schema}\n"
+    )
 
 
 def calls_key(calls: Sequence[ToolCall]) -> str:
@@ -348,15 +360,15 @@ def _overlap(text: str, tag: str) -> int:
 class CallReader:
     """Reads one sample's text into its content and its tool calls, while it streams and at its end.
 
+    The text is read the same whether the engine constrained it (:func:`calls_grammar`) or not.
+
     Args:
         tools: The request's tools (none: the text is all content).
         choice: The request's ``tool_choice``.
-        constrained: The engine constrained decoding to :func:`calls_schema` (the text is that JSON).
     """
 
-    def __init__(self, tools: Sequence[Tool], choice: ToolChoice, *, constrained: bool) -> None:
+    def __init__(self, tools: Sequence[Tool], choice: ToolChoice) -> None:
         self.active = bool(tools) and choice.mode != "none"
-        self.constrained = self.active and constrained and choice.must_call
         self._text = ""
         self._sent = 0
 
@@ -365,8 +377,6 @@ class CallReader:
         if not self.active:
             return delta
         self._text += delta
-        if self.constrained:
-            return ""
         start = self._text.find(OPEN)
         end = start if start >= 0 else len(self._text) - _overlap(self._text, OPEN)
         out = self._text[self._sent : end] if end > self._sent else ""
@@ -378,11 +388,6 @@ class CallReader:
         if not self.active:
             return text, (), None
         try:
-            if self.constrained:
-                value = json.loads(text)
-                if not isinstance(value, Mapping) or not isinstance(value.get("tool_calls"), list):
-                    raise ValueError("the answer is not {'tool_calls': [...]}")
-                return "", tuple(_call(c, f"call {i}") for i, c in enumerate(value["tool_calls"])), None
             start = text.find(OPEN)
             if start < 0:
                 return text, (), None

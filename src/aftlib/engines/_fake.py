@@ -123,7 +123,7 @@ def _words(text: str) -> list[str]:
 
 def _reader(request: ChatRequest) -> CallReader:
     """Reads a scripted text's tool calls (``<tool_call>{...}</tool_call>``); nothing is constrained."""
-    return CallReader(request.tools, request.tool_choice, constrained=False)
+    return CallReader(request.tools, request.tool_choice)
 
 
 def _count_tokens(text: str) -> int:

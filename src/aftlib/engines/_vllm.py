@@ -20,7 +20,7 @@ from .._errors import ConfigError, ContextLengthError, EngineError, MissingExtra
 from .._io import prompt_token_ids
 from .._logging import get_logger
 from .._streams import iterate
-from .._tools import CallReader, Tool, calls_schema
+from .._tools import CallReader, Tool, calls_grammar
 from .._types import ChatRequest, Completion, Delta, Message, Sample, TokenLogprob, Usage
 from ._base import Engine, EngineStream, StreamItem
 
@@ -106,15 +106,16 @@ def _offered(request: ChatRequest) -> tuple[Tool, ...]:
 
 
 def _reader(request: ChatRequest) -> CallReader:
-    """Reads a sample's calls: the constrained JSON when a call is required, else ``<tool_call>`` tags."""
-    return CallReader(request.tools, request.tool_choice, constrained=True)
+    """Reads a sample's ``<tool_call>`` tags (constrained to them when a call is required)."""
+    return CallReader(request.tools, request.tool_choice)
 
 
 def _structured_outputs(vllm: Any, request: ChatRequest) -> Any:
     """The structured-output parameters of vLLM for a request (None: free text).
 
     A required tool call (``tool_choice`` ``"required"`` or a named function) is constrained to
-    :func:`~aftlib._tools.calls_schema`; else the response format, if any.
+    :func:`~aftlib._tools.calls_grammar` (free text, then tagged calls valid for the tools; a Lark
+    grammar, which needs the default llguidance backend); else the response format, if any.
 
     Raises:
         ConfigError: The request asks for both a response format and a required tool call.
@@ -127,7 +128,7 @@ def _structured_outputs(vllm: Any, request: ChatRequest) -> Any:
                 "a request cannot both require a tool call and a response_format: the answer is the call",
                 path="response_format",
             )
-        return params(json=calls_schema(request.tools, request.tool_choice))
+        return params(grammar=calls_grammar(request.tools, request.tool_choice))
     if fmt is None:
         return None
     if fmt.type == "json_object":

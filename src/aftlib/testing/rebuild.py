@@ -443,9 +443,7 @@ def _reference(draft: str) -> str:
     """A draft in call form as an aggregator reads it (:attr:`aftlib.Candidate.reference`)."""
     from .._tools import CallReader, ToolChoice, as_tools
 
-    content, calls, error = CallReader(as_tools([SUBMIT]), ToolChoice(), constrained=False).read(
-        as_call(draft)
-    )
+    content, calls, error = CallReader(as_tools([SUBMIT]), ToolChoice()).read(as_call(draft))
     if error is not None or not calls:
         return draft
     from .._results import Candidate
