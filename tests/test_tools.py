@@ -151,8 +151,8 @@ def test_a_required_call_is_constrained_to_the_tagged_format() -> None:
     tools = as_conversation("x", tools=TOOLS).tools
     grammar = calls_grammar(tools, ToolChoice("function", "add"))
     start, text, call, body = grammar.splitlines()
-    assert start == 'start: TEXT call ("\\n" call)*'
-    assert text == "TEXT: /[^<]*/"
+    assert start == 'start: TEXT call ("\\n" call){0,7}'
+    assert text == "TEXT: /[^<]{0,256}/"
     assert call == 'call: "<tool_call>" body "</tool_call>"'
     schema = json.loads(body.removeprefix("body: %json "))
     assert schema["properties"]["name"] == {"const": "add"}  # a named choice allows that function only

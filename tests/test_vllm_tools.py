@@ -41,7 +41,12 @@ TIME = {
     "type": "function",
     "function": {
         "name": "time",
-        "parameters": {"type": "object", "properties": {"city": CITY}, "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": CITY},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
     },
 }
 TOOLS = [WEATHER, TIME]
@@ -51,11 +56,12 @@ QUESTION = [{"role": "user", "content": "What is the weather in Oslo?"}]
 def drafts_then(engine: VLLMEngine, final: str) -> Topology:
     """Three seeded drafts (one request), then an aggregator or a vote.
 
-    A call takes the tiny model's tokenizer about 90 to 130 tokens: the calls have room to finish.
+    A call takes the tiny model's tokenizer about 90 to 130 tokens, after at most 256 characters of
+    text: the calls have room to finish.
     """
-    drafts = Proposer(engine, name="draft", sampling=SamplingParams(n=3, max_tokens=256, seed=3))
+    drafts = Proposer(engine, name="draft", sampling=SamplingParams(n=3, max_tokens=448, seed=3))
     last = (
-        Aggregator(engine, sampling=SamplingParams(max_tokens=256, seed=4))
+        Aggregator(engine, sampling=SamplingParams(max_tokens=448, seed=4))
         if final == "aggregate"
         else Vote()
     )
@@ -174,7 +180,7 @@ async def test_openai_engine_reads_calls_streamed_by_aftlib_serve(url: str) -> N
     tools = as_conversation("x", tools=TOOLS).tools
     request = ChatRequest(
         [Message("user", "Weather in Rome?")],
-        SamplingParams(max_tokens=256, seed=1),
+        SamplingParams(max_tokens=448, seed=1),
         tools=tools,
         tool_choice=ToolChoice("function", "weather"),
     )

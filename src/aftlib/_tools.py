@@ -41,6 +41,10 @@ __all__ = (
 )
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+PREAMBLE = 256
+"""The most characters of text before the calls of an answer that must call tools (a short working)."""
+MAX_CALLS = 8
+"""The most calls in an answer that must call tools (a model that would call forever cannot)."""
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -313,14 +317,17 @@ def call_schema(tools: Sequence[Tool], choice: ToolChoice) -> dict[str, Any]:
 def calls_grammar(tools: Sequence[Tool], choice: ToolChoice) -> str:
     """The grammar (llguidance's Lark) of an answer that must call tools: text, then tagged calls.
 
-    The text before the calls is free but for ``<`` (the model works the problem first, as it would
-    unconstrained); then one or more ``<tool_call>`` tags, one per line, each around JSON valid for
-    :func:`call_schema`. It is the format :class:`CallReader` reads, constrained or not.
+    The text before the calls is free but for ``<``, up to :data:`PREAMBLE` characters (the model may
+    work the problem first, as it would unconstrained, and a call still comes); then one or more
+    ``<tool_call>`` tags (at most :data:`MAX_CALLS`), one per line, each around JSON valid for
+    :func:`call_schema`. It is the format :class:`CallReader` reads, constrained or not. A tool whose
+    ``parameters`` allow additional properties lets a model write arguments without end: give
+    ``"additionalProperties": false``.
     """
     schema = json.dumps(call_schema(tools, choice), separators=(",", ":"))  # the parameters' own key order
     return (
-        'start: TEXT call ("\\n" call)*\n'
-        "TEXT: /[^<]*/\n"
+        f'start: TEXT call ("\\n" call){{0,{MAX_CALLS - 1}}}\n'
+        f"TEXT: /[^<]{{0,{PREAMBLE}}}/\n"
         f'call: "{OPEN}" body "{CLOSE}"\n'
         f"body: %json {schema}\n"
     )
