@@ -2,7 +2,7 @@
 
 The topology drafts five answers and aggregates them (self-MoA) with the shipped ``arithmetic-tools``
 model, which answers a problem with its working, then a call of the ``submit`` tool. The script serves
-the topology on a loopback port, asks one problem with ``submit`` offered, runs the tool (it checks the
+the topology on a loopback port, asks one problem with ``submit`` offered, runs the tool (it records the
 answer) and sends the result back, as an agent framework would. The toy model was never trained on
 what follows a tool's result, so its last text is noise; the call before it is the point. ``--dry-run``
 runs the same round trip on a scripted FakeEngine, in a second, with no model.
