@@ -140,18 +140,18 @@ async def test_models_list(base_url: str) -> None:
 
 
 async def test_sdk_errors_are_typed(base_url: str) -> None:
-    """The SDK raises its typed errors: 401 wrong key, 404 unknown model, 400 tools, 503 a failed run."""
+    """The SDK raises its typed errors: 401 wrong key, 404 unknown model, 400 a bad tool, 503 a failed run."""
     good = openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0)
     wrong = openai.AsyncOpenAI(base_url=base_url, api_key="nope", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         await wrong.chat.completions.create(model="fake-moa", messages=QUESTION)
     with pytest.raises(openai.NotFoundError, match="serves fake-moa, broken"):
         await good.chat.completions.create(model="gpt-9", messages=QUESTION)
-    with pytest.raises(openai.BadRequestError, match="'tools' is not supported"):
+    with pytest.raises(openai.BadRequestError, match="not a JSON schema"):
         await good.chat.completions.create(
             model="fake-moa",
             messages=QUESTION,
-            tools=[{"type": "function", "function": {"name": "f"}}],
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "nope"}}}],
         )
     with pytest.raises(openai.InternalServerError) as failed:
         await good.chat.completions.create(model="broken", messages=QUESTION)
