@@ -91,10 +91,10 @@ async def test_a_slow_tokenizer_does_not_stall_another_requests_token_stream(
     streamed = threading.Event()
     original = _vllm.prompt_token_ids
 
-    def slow(tokenizer: Any, messages: Any) -> list[int]:
+    def slow(tokenizer: Any, messages: Any, **kwargs: Any) -> list[int]:
         if "slow to render" in messages[-1].content:
             assert streamed.wait(60), "the other stream gave no tokens while this prompt rendered"
-        return original(tokenizer, messages)
+        return original(tokenizer, messages, **kwargs)
 
     monkeypatch.setattr(_vllm, "prompt_token_ids", slow)
     fast = ChatRequest(
